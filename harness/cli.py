@@ -1,0 +1,304 @@
+"""Command line: ``harness run | ls | show | train``. ``main(argv) -> int``.
+
+Only this module (and ``reports/``) prints. torch and the model code are imported inside the
+subcommands, so ``harness --help`` starts fast. Every user error -- a :class:`HarnessError`
+or a bad argument -- is one line on stderr and exit status 2, with the store untouched.
+
+Examples::
+
+    harness run --suite clean                        # bundled default models, bundled sample
+    harness run --suite clean --model resnet8 --data-dir ~/data --n 10000
+    harness run --suite clean --model my_models.py:build --weights net.safetensors
+    harness ls models 'resnet8*'
+    harness show 3f2a --format csv --examples
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from harness.errors import HarnessError
+
+STORE_HELP = "results database (default ./harness-results.sqlite)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage, so errors stay one line."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise HarnessError(f"{self.prog}: {message}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _default_store() -> str:
+    return os.environ.get("HARNESS_STORE", "harness-results.sqlite")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="harness", description="Robustness benchmarking harness for image "
+                     "classifiers (CIFAR-10): clean accuracy now; corruptions, attacks, "
+                     "Lipschitz and sparsity suites to come.")
+    from harness import __version__
+
+    parser.add_argument("--version", action="version", version=f"harness {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="evaluate models on a suite; results go to the store")
+    run.add_argument("--suite", required=True, help="suite name (harness ls suites)")
+    run.add_argument("--model", action="extend", nargs="+", default=None, metavar="MODEL",
+                     help="registry name, pkg.module:factory or file.py:factory (repeatable); "
+                          "default: the registry's default set")
+    run.add_argument("--weights", help="weights for a single --model (.safetensors, .pt, or a "
+                     "checkpoint .json from 'harness train')")
+    run.add_argument("--data-dir", help="folder with cifar-10-batches-py (default $HARNESS_DATA,"
+                     " else the bundled 1,000-image test sample)")
+    run.add_argument("--n", type=_positive_int, help="evaluate the first N examples")
+    run.add_argument("--batch-size", type=_positive_int, default=250)
+    run.add_argument("--shard-size", type=_positive_int, help="examples per stored shard")
+    run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    run.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--store", default=None, help=STORE_HELP)
+    run.add_argument("--force", action="store_true", help="recompute even if stored")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ls = sub.add_parser("ls", help="list models, suites or stored runs")
+    ls.add_argument("what", choices=("models", "suites", "runs"))
+    ls.add_argument("pattern", nargs="?", default="*", help="glob filter on names")
+    ls.add_argument("--store", default=None, help=STORE_HELP)
+
+    show = sub.add_parser("show", help="show a stored run (summary or per-example records)")
+    show.add_argument("run", help="run id or unique prefix (harness ls runs)")
+    show.add_argument("--format", default="table", choices=("table", "csv", "json"))
+    show.add_argument("--examples", action="store_true", help="per-example rows, not the summary")
+    show.add_argument("--store", default=None, help=STORE_HELP)
+
+    train = sub.add_parser("train", help="train a registered model with the project's recipe")
+    train.add_argument("--model", required=True, help="registry name")
+    train.add_argument("--out", required=True, help="checkpoint path without suffix")
+    train.add_argument("--data-dir", help="folder with cifar-10-batches-py (or $HARNESS_DATA)")
+    train.add_argument("--epochs", type=_positive_int, default=24)
+    train.add_argument("--batch-size", type=_positive_int, default=256)
+    train.add_argument("--lr", type=float, default=0.2)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--quiet", action="store_true")
+    return parser
+
+
+# -- subcommands ------------------------------------------------------------------------------------
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:
+        console.width = 160  # pipes and CI logs: do not squeeze tables to 80 columns
+    return console
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def cmd_run(args) -> int:
+    from rich.table import Table
+
+    from harness.data import load_cifar10_arrays
+    from harness.runner import check_device, default_models, load_model, run_suite
+    from harness.store import Store
+    from harness.suites import SUITES
+
+    suite = SUITES.resolve(args.suite)
+    refs = args.model or default_models()
+    if args.weights and len(refs) != 1:
+        raise HarnessError("--weights needs exactly one --model")
+    device = check_device(args.device)
+    data = load_cifar10_arrays("test", data_dir=args.data_dir)
+    if args.n is not None and args.n > len(data):
+        raise HarnessError(f"--n {args.n} exceeds the {len(data)} examples of {data.source}")
+    # Resolve every model before opening the store: a bad name must not leave a new store.
+    loaded = [load_model(ref, weights=args.weights, device=device) for ref in refs]
+    store = Store(args.store or _default_store())
+    err = _console(stderr=True)
+    outcomes = []
+    for lm in loaded:
+        outcomes.append(_run_one(lm, suite, data, store, args, device, err))
+    n = outcomes[0].spec.params["n"]
+    table = Table(title=f"suite {suite} | data {outcomes[0].spec.data} | n = {n} examples | "
+                        f"seed {args.seed} | {args.dtype} on {device}")
+    for col, just in (("model", "left"), ("condition", "left"), ("n", "right"),
+                      ("accuracy %", "right"), ("new shards", "right"),
+                      ("time s", "right"), ("run", "left")):
+        table.add_column(col, justify=just)
+    for o in outcomes:
+        for row in o.summary.itertuples(index=False):
+            table.add_row(o.spec.model, str(getattr(row, "condition", "-")), str(row.n),
+                          _pct(row.accuracy), f"{o.shards_computed}/{o.shards_total}",
+                          f"{o.wall_s:.1f}", o.run_id[:12])
+    _console().print(table)
+    store.close()
+    return 0
+
+
+def _run_one(lm, suite, data, store, args, device, err):
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    from harness.runner import run_suite
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                        console=err, disable=args.quiet, transient=False)
+    task = progress.add_task(f"{lm.name} / {suite}", total=None)
+
+    def on_plan(todo: int, stored: int) -> None:
+        progress.update(task, total=todo + stored, completed=stored)
+
+    with progress:
+        return run_suite(model=lm, suite=suite, data=data, store=store, n=args.n, seed=args.seed,
+                         device=device, dtype=args.dtype, batch_size=args.batch_size,
+                         shard_size=args.shard_size, force=args.force, on_plan=on_plan,
+                         on_progress=lambda k: progress.advance(task, k))
+
+
+def cmd_ls(args) -> int:
+    from rich.table import Table
+
+    console = _console()
+    if args.what == "models":
+        from models.zoo import MODELS
+
+        table = Table(title="models")
+        for col in ("name", "weights", "default", "description"):
+            table.add_column(col)
+        for name in MODELS.names(args.pattern):
+            meta = MODELS.meta(name)
+            table.add_row(name, "bundled" if meta.get("weights") else "-",
+                          "yes" if meta.get("default") else "", meta.get("description", ""))
+        console.print(table)
+    elif args.what == "suites":
+        from harness.suites import SUITES
+
+        table = Table(title="suites")
+        table.add_column("name")
+        table.add_column("description")
+        for name in SUITES.names(args.pattern):
+            table.add_row(name, SUITES.meta(name).get("description", ""))
+        console.print(table)
+    else:
+        import fnmatch
+
+        from harness.store import Store
+
+        path = args.store or _default_store()
+        with Store(path, readonly=True) as store:
+            runs = [r for r in store.runs() if fnmatch.fnmatchcase(r["model"], args.pattern)]
+        table = Table(title=f"runs in {path}")
+        for col in ("run", "model", "suite", "data", "n", "accuracy %", "status", "started (UTC)"):
+            table.add_column(col)
+        for r in runs:
+            acc = _pct(r["n_correct"] / r["n"]) if r["n"] else "-"
+            table.add_row(r["run_id"][:12], r["model"], r["suite"], r["spec"]["data"],
+                          str(r["n"]), acc, "complete" if r["complete"] else "partial",
+                          r["started_utc"])
+        console.print(table)
+    return 0
+
+
+def cmd_show(args) -> int:
+    import json
+
+    from harness.records import SCHEMA_VERSION
+    from harness.store import Store
+    from harness.suites import SUITES
+
+    path = args.store or _default_store()
+    with Store(path, readonly=True) as store:
+        run = store.find_run(args.run)
+        frame = store.to_frame([run["run_id"]])
+    if args.examples:
+        out = frame
+    else:
+        out = SUITES.get(run["suite"])().summarize(frame) if run["suite"] in SUITES else frame
+        out.insert(0, "model", run["model"])
+        out.insert(1, "suite", run["suite"])
+        out.insert(0, "run_id", run["run_id"])
+    if args.format == "csv":
+        sys.stdout.write(out.to_csv(index=False))
+    elif args.format == "json":
+        doc = {"run": {k: run[k] for k in ("run_id", "model", "suite", "spec", "provenance",
+                                           "started_utc", "finished_utc", "complete")},
+               "schema_version": SCHEMA_VERSION,
+               "rows": json.loads(out.to_json(orient="records"))}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"run {run['run_id']} ({run['model']} / {run['suite']}, "
+                            f"data {run['spec']['data']}, seed {run['spec']['seed']})")
+        for col in out.columns:
+            table.add_column(str(col))
+        for row in out.itertuples(index=False):
+            table.add_row(*[_pct(v) if col == "accuracy" else str(v)
+                            for col, v in zip(out.columns, row)])
+        _console().print(table)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from harness.runner import check_device
+    from models.train import TrainRecipe, train_and_save
+    from models.zoo import MODELS
+
+    name = MODELS.resolve(args.model)
+    device = check_device(args.device)
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        raise HarnessError(f"--out: directory {out_dir!r} does not exist")
+    recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    err = _console(stderr=True)
+    progress = Progress(TextColumn(f"train {name}"), BarColumn(), TextColumn("{task.completed}/"
+                        "{task.total} steps"), TimeElapsedColumn(), TextColumn("ETA"),
+                        TimeRemainingColumn(), console=err, disable=args.quiet)
+    task = progress.add_task("train", total=None)
+    with progress:
+        meta = train_and_save(
+            model_name=name, out=args.out, data_dir=args.data_dir, recipe=recipe, device=device,
+            log=progress.console.print,
+            on_step=lambda step, total: progress.update(task, completed=step, total=total),
+        )
+    _console().print(f"{name}: test accuracy {_pct(meta['test']['accuracy'])} % after "
+                     f"{meta['train_time_s'] / 60:.1f} min; wrote {args.out}.safetensors/.json/.md")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "ls": cmd_ls, "show": cmd_show, "train": cmd_train}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and dispatch; returns the exit status (2 for user errors)."""
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except HarnessError as exc:
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+    except SystemExit as exc:  # --help / --version
+        return int(exc.code or 0)
+    except KeyboardInterrupt:
+        print("harness: interrupted; finished shards are stored, rerun to resume", file=sys.stderr)
+        return 130

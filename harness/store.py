@@ -1,0 +1,284 @@
+"""The results store: SQLite in WAL mode, schema-versioned, append-only, resumable.
+
+Only this module touches SQLite. Layout (``SCHEMA_VERSION`` in ``PRAGMA user_version``):
+
+* ``runs``        -- one row per :class:`RunSpec` (``run_id`` = content hash of the spec);
+* ``executions``  -- one row per attempt at a run (``--force`` starts a new one), with the
+  provenance of the process that ran it (versions, device, git hash, UTC time);
+* ``shards``      -- one row per finished shard of an execution (condition as canonical JSON);
+* ``examples``    -- per-example outcomes of each shard;
+* ``completions`` -- marks an execution finished.
+
+Nothing is ever updated or deleted. A shard and its examples are written in one transaction,
+so a process killed mid-run leaves only whole shards; re-running the same spec continues the
+latest execution and skips every shard it already holds. Readers use, for each run, its latest
+execution.
+
+Example::
+
+    store = Store("harness-results.sqlite")
+    df = store.to_frame()          # one row per (run, condition, example)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+from harness.errors import HarnessError
+from harness.records import SCHEMA_VERSION, RunSpec, ShardResult, canonical_json
+
+DEFAULT_PATH = "harness-results.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    suite TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    created_utc TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS executions (
+    exec_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    started_utc TEXT NOT NULL,
+    forced INTEGER NOT NULL,
+    provenance_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS shards (
+    exec_id INTEGER NOT NULL REFERENCES executions(exec_id),
+    shard_key TEXT NOT NULL,
+    condition_json TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    stop INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    n_correct INTEGER NOT NULL,
+    wall_s REAL NOT NULL,
+    finished_utc TEXT NOT NULL,
+    PRIMARY KEY (exec_id, shard_key)
+);
+CREATE TABLE IF NOT EXISTS examples (
+    exec_id INTEGER NOT NULL,
+    shard_key TEXT NOT NULL,
+    example INTEGER NOT NULL,
+    label INTEGER NOT NULL,
+    pred INTEGER NOT NULL,
+    correct INTEGER NOT NULL,
+    loss REAL NOT NULL,
+    PRIMARY KEY (exec_id, shard_key, example)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS completions (
+    exec_id INTEGER PRIMARY KEY REFERENCES executions(exec_id),
+    finished_utc TEXT NOT NULL,
+    n_shards INTEGER NOT NULL
+);
+"""
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class Store:
+    """An append-only SQLite results store.
+
+    Args:
+        path: database file (created on first write), or ":memory:".
+        readonly: open an existing store without creating or migrating it.
+
+    Raises:
+        HarnessError: the file is not a harness store, or has a newer schema.
+    """
+
+    def __init__(self, path: str | os.PathLike = DEFAULT_PATH, *, readonly: bool = False) -> None:
+        self.path = str(path)
+        if readonly and self.path != ":memory:" and not Path(self.path).is_file():
+            raise HarnessError(f"store {self.path!r} does not exist")
+        if not readonly and self.path != ":memory:":
+            parent = Path(self.path).expanduser().parent
+            if not parent.is_dir():
+                raise HarnessError(f"--store: directory {str(parent)!r} does not exist")
+        try:
+            uri = f"file:{Path(self.path).resolve()}?mode=ro" if readonly else self.path
+            self._conn = sqlite3.connect(uri, uri=readonly, timeout=30, isolation_level=None)
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._check_and_init(readonly)
+        except sqlite3.DatabaseError as exc:
+            raise HarnessError(f"store {self.path!r} is not a harness results database: {exc}") from None
+
+    def _check_and_init(self, readonly: bool) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if version > SCHEMA_VERSION:
+            raise HarnessError(
+                f"store {self.path!r} has schema version {version}, newer than this harness "
+                f"({SCHEMA_VERSION}); upgrade the harness"
+            )
+        if version == 0 and tables:
+            raise HarnessError(f"store {self.path!r} is an SQLite file but not a harness store")
+        if readonly:
+            return
+        if self.path != ":memory:":
+            self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        if version == 0:
+            # One script, one transaction: a store is either fully initialised or untouched.
+            self._conn.executescript(
+                f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
+            )
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _tx(self):
+        conn = self._conn
+
+        class _Tx:
+            def __enter__(self_inner):
+                conn.execute("BEGIN IMMEDIATE")
+
+            def __exit__(self_inner, exc_type, exc, tb):
+                conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+        return _Tx()
+
+    # -- writing -----------------------------------------------------------------------------
+    def begin(self, spec: RunSpec, *, force: bool = False, provenance: dict | None = None
+              ) -> tuple[int, set[str], bool]:
+        """Register ``spec`` and pick the execution to write into.
+
+        Returns:
+            (exec_id, keys of shards already stored in it, whether it is already complete).
+            Without ``force`` the latest execution of the run is continued (resume); with
+            ``force``, or when the run is new, a fresh execution is started.
+        """
+        run_id = spec.run_id
+        with self._tx():
+            self._conn.execute(
+                "INSERT OR IGNORE INTO runs(run_id, model, suite, spec_json, created_utc) "
+                "VALUES (?,?,?,?,?)",
+                (run_id, spec.model, spec.suite, canonical_json(spec.to_dict()), utc_now()),
+            )
+            row = self._conn.execute(
+                "SELECT exec_id FROM executions WHERE run_id=? ORDER BY exec_id DESC LIMIT 1",
+                (run_id,),
+            ).fetchone()
+            if row is not None and not force:
+                exec_id = row[0]
+            else:
+                exec_id = self._conn.execute(
+                    "INSERT INTO executions(run_id, started_utc, forced, provenance_json) "
+                    "VALUES (?,?,?,?)",
+                    (run_id, utc_now(), int(force), canonical_json(provenance or {})),
+                ).lastrowid
+        done = {r[0] for r in self._conn.execute(
+            "SELECT shard_key FROM shards WHERE exec_id=?", (exec_id,))}
+        complete = self._conn.execute(
+            "SELECT 1 FROM completions WHERE exec_id=?", (exec_id,)).fetchone() is not None
+        return exec_id, done, complete
+
+    def write_shard(self, exec_id: int, result: ShardResult) -> None:
+        """Append one finished shard and its examples in a single transaction."""
+        s = result.shard
+        rows = [(exec_id, s.key, e.example, e.label, e.pred, int(e.correct), e.loss)
+                for e in result.examples]
+        with self._tx():
+            self._conn.execute(
+                "INSERT INTO shards(exec_id, shard_key, condition_json, start, stop, n, n_correct,"
+                " wall_s, finished_utc) VALUES (?,?,?,?,?,?,?,?,?)",
+                (exec_id, s.key, canonical_json(dict(s.condition)), s.start, s.stop,
+                 len(result.examples), result.n_correct, result.wall_s, utc_now()),
+            )
+            self._conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?)", rows)
+
+    def complete(self, exec_id: int, n_shards: int) -> None:
+        """Mark an execution finished (idempotent)."""
+        with self._tx():
+            self._conn.execute(
+                "INSERT OR IGNORE INTO completions(exec_id, finished_utc, n_shards) VALUES (?,?,?)",
+                (exec_id, utc_now(), n_shards),
+            )
+
+    # -- reading -----------------------------------------------------------------------------
+    _LATEST = ("SELECT run_id, MAX(exec_id) AS exec_id FROM executions GROUP BY run_id")
+
+    def runs(self) -> list[dict[str, Any]]:
+        """One dict per run (its latest execution): ids, model, suite, spec, counts, status."""
+        q = f"""
+            SELECT r.run_id, r.model, r.suite, r.spec_json, r.created_utc, e.exec_id,
+                   e.started_utc, e.provenance_json, c.finished_utc,
+                   COALESCE(SUM(s.n), 0), COALESCE(SUM(s.n_correct), 0), COUNT(s.shard_key),
+                   COALESCE(SUM(s.wall_s), 0)
+            FROM runs r JOIN ({self._LATEST}) l ON l.run_id = r.run_id
+            JOIN executions e ON e.exec_id = l.exec_id
+            LEFT JOIN completions c ON c.exec_id = e.exec_id
+            LEFT JOIN shards s ON s.exec_id = e.exec_id
+            GROUP BY r.run_id ORDER BY e.started_utc, r.run_id
+        """
+        out = []
+        for row in self._conn.execute(q):
+            out.append({
+                "run_id": row[0], "model": row[1], "suite": row[2],
+                "spec": json.loads(row[3]), "created_utc": row[4], "exec_id": row[5],
+                "started_utc": row[6], "provenance": json.loads(row[7]),
+                "finished_utc": row[8], "complete": row[8] is not None,
+                "n": row[9], "n_correct": row[10], "n_shards": row[11], "wall_s": row[12],
+            })
+        return out
+
+    def find_run(self, prefix: str) -> dict[str, Any]:
+        """The run whose id starts with ``prefix`` (unique), or a HarnessError."""
+        matches = [r for r in self.runs() if r["run_id"].startswith(prefix)]
+        if not matches:
+            raise HarnessError(f"no run {prefix!r} in store {self.path!r} (see 'harness ls runs')")
+        if len(matches) > 1:
+            raise HarnessError(f"run id {prefix!r} is ambiguous ({len(matches)} runs); give more characters")
+        return matches[0]
+
+    def to_frame(self, run_ids: Iterable[str] | None = None):
+        """Per-example results of the latest execution of each run as a pandas DataFrame.
+
+        Columns: run_id, model, suite, data, seed, shard_key, the condition's keys (one column
+        each, e.g. ``condition``), example, label, pred, correct (bool), loss.
+        """
+        import pandas as pd
+
+        q = f"""
+            SELECT r.run_id, r.model, r.suite, r.spec_json, s.shard_key, s.condition_json,
+                   x.example, x.label, x.pred, x.correct, x.loss
+            FROM runs r JOIN ({self._LATEST}) l ON l.run_id = r.run_id
+            JOIN shards s ON s.exec_id = l.exec_id
+            JOIN examples x ON x.exec_id = s.exec_id AND x.shard_key = s.shard_key
+        """
+        args: list[Any] = []
+        if run_ids is not None:
+            ids = list(run_ids)
+            q += f" WHERE r.run_id IN ({','.join('?' * len(ids))})"
+            args = ids
+        q += " ORDER BY r.run_id, s.shard_key, x.example"
+        rows = self._conn.execute(q, args).fetchall()
+        cols = ["run_id", "model", "suite", "spec_json", "shard_key", "condition_json",
+                "example", "label", "pred", "correct", "loss"]
+        df = pd.DataFrame(rows, columns=cols)
+        specs = {k: json.loads(k) for k in df["spec_json"].unique()}
+        conds = {k: json.loads(k) for k in df["condition_json"].unique()}
+        df.insert(3, "data", df["spec_json"].map(lambda k: specs[k]["data"]))
+        df.insert(4, "seed", df["spec_json"].map(lambda k: specs[k]["seed"]).astype("int64"))
+        cond_keys = sorted({k for c in conds.values() for k in c})
+        for i, key in enumerate(cond_keys):
+            df.insert(6 + i, key, df["condition_json"].map(lambda c, key=key: conds[c].get(key)))
+        df = df.drop(columns=["spec_json", "condition_json"])
+        df["correct"] = df["correct"].astype(bool)
+        return df

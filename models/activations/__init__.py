@@ -1,0 +1,48 @@
+"""Activation factories, one registry: ``ACTIVATIONS.get("relu")()`` returns a fresh module.
+
+Architectures take an activation *name* (``act="gelu"``) and call the factory once per use
+site, so a stateful activation (a learnable spline, later) gets its own parameters per layer.
+Factories take ``num_channels`` (keyword-only) so per-channel activations can size themselves;
+stateless ones ignore it.
+
+Add one::
+
+    @ACTIVATIONS.register("mish")
+    def _mish(*, num_channels: int) -> nn.Module:
+        return nn.Mish()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from harness.registry import Registry
+
+ActivationFactory = Callable[..., nn.Module]
+
+ACTIVATIONS: Registry[ActivationFactory] = Registry("activation")
+
+
+@ACTIVATIONS.register("relu", description="rectified linear unit")
+def _relu(*, num_channels: int) -> nn.Module:
+    return nn.ReLU(inplace=False)
+
+
+@ACTIVATIONS.register("gelu", description="Gaussian error linear unit (exact erf form)")
+def _gelu(*, num_channels: int) -> nn.Module:
+    return nn.GELU()
+
+
+@ACTIVATIONS.register("silu", aliases=("swish",), description="sigmoid-weighted linear unit")
+def _silu(*, num_channels: int) -> nn.Module:
+    return nn.SiLU()
+
+
+def make_activation(name: str, *, num_channels: int) -> nn.Module:
+    """A fresh activation module for ``num_channels`` channels (``name`` checked with suggestions)."""
+    return ACTIVATIONS.get(name)(num_channels=num_channels)
+
+
+__all__ = ["ACTIVATIONS", "make_activation"]

@@ -1,0 +1,122 @@
+"""The model registry: keyword-only factories returning ``nn.Module`` with ``.meta``.
+
+Names are ``<arch>`` for the ReLU model and ``<arch>-<activation>`` for the others
+(``resnet8``, ``resnet8-gelu``, ``resnet20-silu``). Entry metadata:
+
+* ``default`` -- part of the set ``harness run`` evaluates without ``--model``;
+* ``weights`` -- stem of a bundled checkpoint in ``models/weights/`` (None: random init only);
+* ``arch``, ``activation``, ``description``.
+
+Add a model::
+
+    @MODELS.register("resnet8-mish", arch="resnet8", activation="mish", default=False, weights=None)
+    def resnet8_mish(*, num_classes: int = 10) -> nn.Module:
+        return _resnet("resnet8-mish", "resnet8", act="mish", num_classes=num_classes)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from torch import nn
+
+from harness.errors import HarnessError
+from harness.registry import Registry
+from models.architectures import VGG16, CifarResNet, CifarVGG, ModelMeta
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+# arch -> (constructor, architectural kwargs, description)
+_ARCHS: dict[str, tuple[type[nn.Module], dict, str]] = {
+    "resnet8": (CifarResNet, {"blocks": (1, 1, 1), "widths": (16, 32, 64)},
+                "CIFAR ResNet-8 (3 stages x 1 block, widths 16/32/64, 78k params), CPU-sized"),
+    "resnet20": (CifarResNet, {"blocks": (3, 3, 3), "widths": (16, 32, 64)},
+                 "CIFAR ResNet-20 (3 stages x 3 blocks, widths 16/32/64, 0.27M params)"),
+    "resnet18": (CifarResNet, {"blocks": (2, 2, 2, 2), "widths": (64, 128, 256, 512)},
+                 "CIFAR ResNet-18 (4 stages x 2 blocks, widths 64..512, 11M params), GPU-sized"),
+    "vgg16": (CifarVGG, {"config": VGG16}, "VGG-16 with BatchNorm, GPU-sized"),
+}
+# (arch, activation) -> bundled weights stem; the trained checkpoints live in models/weights/.
+_BUNDLED = {("resnet8", "relu"): "resnet8"}
+# Entries evaluated by `harness run` when no --model is given.
+_DEFAULT = {"resnet8"}
+
+
+def _model_name(arch: str, act: str) -> str:
+    return arch if act == "relu" else f"{arch}-{act}"
+
+
+def _make_factory(name: str, arch: str, act: str) -> Callable[..., nn.Module]:
+    cls, arch_kwargs, _ = _ARCHS[arch]
+
+    def factory(*, num_classes: int = 10) -> nn.Module:
+        model = cls(**arch_kwargs, act=act, num_classes=num_classes)
+        model.meta = ModelMeta(
+            name=name, arch=arch, activation=act, num_classes=num_classes, factory=name,
+            factory_kwargs={} if num_classes == 10 else {"num_classes": num_classes},
+            weights=_BUNDLED.get((arch, act)),
+        )
+        return model
+
+    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
+    factory.__doc__ = f"{_ARCHS[arch][2]}; activation {act}. Inputs in [0, 1]."
+    return factory
+
+
+def _register_all() -> None:
+    for arch, (_, _, description) in _ARCHS.items():
+        for act in ("relu", "gelu", "silu"):
+            name = _model_name(arch, act)
+            MODELS.add(
+                name, _make_factory(name, arch, act),
+                arch=arch, activation=act, description=f"{description}; {act}",
+                weights=_BUNDLED.get((arch, act)), default=name in _DEFAULT,
+            )
+
+
+_register_all()
+
+
+def weights_path(name: str) -> Path | None:
+    """The bundled checkpoint stem for a registered model, or None."""
+    stem = MODELS.meta(name).get("weights")
+    return None if stem is None else WEIGHTS_DIR / stem
+
+
+def create_model(name: str, *, pretrained: bool = False, device: str = "cpu") -> nn.Module:
+    """Build a registered model, optionally with its bundled weights, in eval mode.
+
+    Args:
+        name: registry name or alias (``harness ls models``).
+        pretrained: load the bundled checkpoint (sha256-verified, strict).
+        device: where to put the model.
+
+    Raises:
+        HarnessError: unknown name, or ``pretrained`` for a model without bundled weights.
+    """
+    name = MODELS.resolve(name)
+    if not pretrained:
+        return MODELS.get(name)().to(device).eval()
+    stem = weights_path(name)
+    if stem is None:
+        raise HarnessError(
+            f"model {name!r} has no bundled weights; train it (harness train --model {name}) "
+            "or pass --weights"
+        )
+    from models.checkpoints import load_model
+
+    return load_model(stem, device=device)
+
+
+def list_models(pattern: str = "*", *, exclude: str | tuple[str, ...] = (),
+                pretrained: bool | None = None, default: bool | None = None) -> list[str]:
+    """Sorted registry names matching ``pattern`` (fnmatch), optionally filtered by flags."""
+
+    def keep(entry) -> bool:
+        if pretrained is not None and (entry.meta.get("weights") is not None) != pretrained:
+            return False
+        return default is None or bool(entry.meta.get("default")) == default
+
+    return MODELS.names(pattern, exclude=exclude, where=keep)

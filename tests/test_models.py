@@ -1,0 +1,131 @@
+"""Conformance tests parametrised over every registered model (one test id per entry)."""
+
+import json
+
+import pytest
+import torch
+
+import models
+from harness.errors import HarnessError
+from models.architectures import ModelMeta, Normalize
+from models.checkpoints import load_model, read_meta, save_checkpoint, sha256_file
+from models.zoo import MODELS, weights_path
+
+ALL = models.list_models()
+BUNDLED = models.list_models(pretrained=True)
+
+
+def _input(n=2, seed=0):
+    return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def test_registry_names_are_well_formed():
+    assert {"resnet8", "resnet20", "resnet18", "vgg16", "resnet8-gelu", "resnet8-silu"} <= set(ALL)
+    assert ALL == sorted(ALL)
+    assert models.list_models("resnet8*") == ["resnet8", "resnet8-gelu", "resnet8-silu"]
+    assert "resnet8" in models.list_models(default=True)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_contract(name):
+    torch.manual_seed(0)
+    model = models.create_model(name)
+    assert not model.training
+    assert isinstance(model.meta, ModelMeta) and model.meta.name == name
+    assert isinstance(model.normalize, Normalize)  # normalisation inside: inputs in [0, 1]
+    assert torch.allclose(model.normalize.mean.flatten(), torch.tensor(model.meta.mean))
+    x = _input()
+    out = model(x)
+    assert out.shape == (2, model.meta.num_classes) and torch.isfinite(out).all()
+    assert torch.equal(out, model(x))  # deterministic in eval mode
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_gradients_reach_input_and_every_parameter(name):
+    torch.manual_seed(0)
+    model = models.create_model(name).train()
+    x = _input(4).requires_grad_(True)
+    model(x).logsumexp(1).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0  # PGD needs this
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_checkpoint_round_trip(name, tmp_path):
+    torch.manual_seed(1)
+    model = models.create_model(name)
+    meta = save_checkpoint(model, tmp_path / "ck", factory=name, extra={"note": "test"})
+    assert meta["sha256"] == sha256_file(tmp_path / "ck.safetensors")
+    assert meta["num_params"] == sum(p.numel() for p in model.parameters())
+    loaded = load_model(tmp_path / "ck.json")
+    x = _input()
+    assert torch.equal(model(x), loaded(x))
+    assert loaded.checkpoint["note"] == "test"
+
+
+def test_channels_last_and_dtype_do_not_change_predictions():
+    model = models.create_model("resnet8")
+    x = _input(8)
+    ref = model(x)
+    cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(ref, cl, atol=1e-5)
+
+
+def test_create_model_errors():
+    with pytest.raises(HarnessError, match="did you mean 'resnet20'"):
+        models.create_model("resnet2")
+    with pytest.raises(HarnessError, match="no bundled weights"):
+        models.create_model("resnet20", pretrained=True)
+
+
+def test_corrupt_checkpoint_is_refused(tmp_path):
+    model = models.create_model("resnet8")
+    save_checkpoint(model, tmp_path / "ck", factory="resnet8")
+    blob = bytearray((tmp_path / "ck.safetensors").read_bytes())
+    blob[-10] ^= 0xFF
+    (tmp_path / "ck.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(HarnessError, match="do not match the sha256"):
+        load_model(tmp_path / "ck")
+    (tmp_path / "ck.json").write_text("{not json")
+    with pytest.raises(HarnessError, match="is corrupt"):
+        load_model(tmp_path / "ck")
+
+
+def test_checkpoint_of_other_architecture_is_refused(tmp_path):
+    save_checkpoint(models.create_model("resnet8"), tmp_path / "ck", factory="resnet8")
+    meta = json.loads((tmp_path / "ck.json").read_text())
+    meta["factory"] = "resnet20"
+    (tmp_path / "ck.json").write_text(json.dumps(meta))
+    with pytest.raises(HarnessError, match="do not fit the model"):
+        load_model(tmp_path / "ck")
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_weights_spec(name):
+    stem = weights_path(name)
+    meta = read_meta(stem)
+    assert meta["factory"] == name
+    assert meta["sha256"] == sha256_file(stem.with_suffix(".safetensors"))
+    assert stem.with_suffix(".safetensors").stat().st_size < 2 * 1024 * 1024
+    assert stem.with_suffix(".md").is_file()
+    model = models.create_model(name, pretrained=True)
+    assert meta["num_params"] == sum(p.numel() for p in model.parameters())
+    for key in ("recipe", "train_time_s", "test", "data", "hardware", "history"):
+        assert key in meta
+    assert meta["test"]["n"] == 10000
+    assert meta["test"]["accuracy"] >= 0.75  # the floor of issue #3
+    assert meta["train_time_s"] <= 15 * 60
+    assert MODELS.meta(name)["weights"] == stem.name
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_weights_are_accurate_on_the_sample(name):
+    """Real behaviour: the shipped weights classify the bundled sample well above chance."""
+    from harness.data import load_sample
+    from models.train import evaluate_accuracy
+
+    ds = load_sample()
+    model = models.create_model(name, pretrained=True)
+    acc = evaluate_accuracy(model, torch.from_numpy(ds.images), torch.from_numpy(ds.labels))
+    assert acc >= 0.70
