@@ -116,7 +116,7 @@ def cmd_run(args) -> int:
     from rich.table import Table
 
     from harness.data import load_cifar10_arrays
-    from harness.runner import check_device, default_models, load_model, run_suite
+    from harness.runner import check_device, default_models, resolve_model
     from harness.store import Store
     from harness.suites import SUITES
 
@@ -129,7 +129,7 @@ def cmd_run(args) -> int:
     if args.n is not None and args.n > len(data):
         raise HarnessError(f"--n {args.n} exceeds the {len(data)} examples of {data.source}")
     # Resolve every model before opening the store: a bad name must not leave a new store.
-    loaded = [load_model(ref, weights=args.weights, device=device) for ref in refs]
+    loaded = [resolve_model(ref, weights=args.weights, device=device) for ref in refs]
     store = Store(args.store or _default_store())
     err = _console(stderr=True)
     outcomes = []
@@ -153,8 +153,14 @@ def cmd_run(args) -> int:
 
 
 def _run_one(lm, suite, data, store, args, device, err):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from harness.runner import run_suite
 
@@ -258,7 +264,13 @@ def cmd_show(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from harness.runner import check_device
     from models.train import TrainRecipe, train_and_save

@@ -106,7 +106,7 @@ def _load_user_factory(ref: str) -> tuple[Callable, dict[str, Any]]:
     return factory, identity
 
 
-def load_model(ref: str, *, weights: str | None = None, device: str = "cpu") -> LoadedModel:
+def resolve_model(ref: str, *, weights: str | None = None, device: str = "cpu") -> LoadedModel:
     """Resolve a ``--model`` argument into a :class:`LoadedModel` in eval mode.
 
     Args:

@@ -27,7 +27,6 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 

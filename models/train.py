@@ -245,6 +245,7 @@ def train_and_save(
     test_set = load_cifar10_arrays("test", data_dir=data_dir)
     xtr, ytr = torch.from_numpy(train_set.images), torch.from_numpy(train_set.labels)
     xte, yte = torch.from_numpy(test_set.images), torch.from_numpy(test_set.labels)
+    torch.manual_seed(recipe.seed)  # the initialisation is part of the recipe
     model = MODELS.get(name)()
     ema, summary = train(
         model, xtr, ytr, recipe=recipe, device=device, log=log, on_step=on_step,

@@ -1,9 +1,10 @@
 """Shared fixtures.
 
-``cifar_dir`` is the full CIFAR-10 copy in the official layout: ``$HARNESS_DATA`` when set
-(``.ci/run`` builds it from ``../shared`` with ``make_cifar10.py``); tests that need it skip
-otherwise. ``$HARNESS_DATA`` is removed from the environment for the whole session so that every
-test states its data source explicitly (the bundled sample unless ``data_dir`` is passed).
+``cifar_dir`` is the full CIFAR-10 copy in the official layout: ``$HARNESS_DATA`` when set,
+else ``.cache/cifar10`` in the repo, built once from ``../shared/data/cifar10-jpeg.tar.gz`` with
+``../shared/tools/make_cifar10.py`` when those exist; tests that need it skip otherwise.
+``$HARNESS_DATA`` is removed from the environment for the whole session so that every test
+states its data source explicitly (the bundled sample unless ``data_dir`` is passed).
 """
 
 from __future__ import annotations
@@ -20,11 +21,26 @@ os.environ.pop("HARNESS_STORE", None)
 REPO = Path(__file__).resolve().parents[1]
 
 
+CACHE = REPO / ".cache" / "cifar10"
+MAKE_CIFAR10 = REPO.parent / "shared" / "tools" / "make_cifar10.py"
+
+
+def _has_cifar(path: Path) -> bool:
+    return (path / "cifar-10-batches-py" / "test_batch").exists()
+
+
 @pytest.fixture(scope="session")
 def cifar_dir() -> Path:
-    if not _DATA or not (Path(_DATA) / "cifar-10-batches-py" / "test_batch").exists():
-        pytest.skip("needs $HARNESS_DATA with cifar-10-batches-py (see .ci/run)")
-    return Path(_DATA)
+    if _DATA:
+        if not _has_cifar(Path(_DATA)):
+            pytest.fail(f"$HARNESS_DATA={_DATA} holds no cifar-10-batches-py/test_batch")
+        return Path(_DATA)
+    if not _has_cifar(CACHE) and MAKE_CIFAR10.exists():
+        subprocess.run([sys.executable, str(MAKE_CIFAR10), str(CACHE)], check=True,
+                       capture_output=True, timeout=600)
+    if not _has_cifar(CACHE):
+        pytest.skip("needs CIFAR-10: set $HARNESS_DATA or provide ../shared (see README)")
+    return CACHE
 
 
 @pytest.fixture(scope="session")

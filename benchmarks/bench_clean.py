@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Clean-evaluation throughput: ``harness`` run vs a raw ``torch.inference_mode()`` loop.
+
+Both sides evaluate the bundled ``resnet8`` on the same uint8 tensors with the same batch size,
+converting each batch to float in [0, 1] and channels_last, in one process, alternating rounds so
+machine noise hits both. The harness side is the whole ``run_suite`` call a ``harness run``
+makes after start-up: run spec, model fingerprint, shard planning, evaluation, per-example loss,
+and writing every shard to a fresh SQLite store on disk. Prints the median throughputs and the
+ratio harness / raw (goal >= 0.95).
+
+Usage: python benchmarks/bench_clean.py [--data-dir DIR] [--n N] [--batch-size B] [--rounds R]
+Measured 2026-11-28 on the 2-core dev machine (torch 2.14.1, CPU): see the closing note of #3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from harness.data import load_cifar10_arrays
+from harness.runner import resolve_model, run_suite
+from harness.store import Store
+
+
+def raw_loop(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
+    """What a researcher writes by hand: returns accuracy."""
+    correct = torch.zeros((), dtype=torch.long)
+    with torch.inference_mode():
+        for xb, yb in zip(images.split(batch_size), labels.split(batch_size)):
+            xb = xb.float().div_(255).contiguous(memory_format=torch.channels_last)
+            correct += (model(xb).argmax(1) == yb).sum()
+    return correct.item() / len(labels)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default=None, help="CIFAR-10 dir (default $HARNESS_DATA, "
+                    "else the bundled sample)")
+    ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=250)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+
+    data = load_cifar10_arrays("test", data_dir=args.data_dir).head(args.n)
+    images, labels = torch.from_numpy(data.images), torch.from_numpy(data.labels)
+    loaded = resolve_model("resnet8")
+    model = loaded.module.to(memory_format=torch.channels_last).eval()
+    raw_loop(model, images[:500], labels[:500], args.batch_size)  # warm-up (allocator, oneDNN)
+
+    raw_t, har_t = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            t0 = time.perf_counter()
+            raw_acc = raw_loop(model, images, labels, args.batch_size)
+            raw_t.append(time.perf_counter() - t0)
+            with Store(Path(tmp) / f"bench{r}.sqlite") as store:
+                t0 = time.perf_counter()
+                out = run_suite(model=loaded, suite="clean", data=data, store=store,
+                                batch_size=args.batch_size)
+                har_t.append(time.perf_counter() - t0)
+            assert out.shards_computed == out.shards_total  # a fresh store: nothing reused
+            har_acc = float(out.summary["accuracy"].iloc[0])
+            assert abs(har_acc - raw_acc) < 1e-9, (har_acc, raw_acc)
+
+    n = len(data)
+    raw_ips, har_ips = n / statistics.median(raw_t), n / statistics.median(har_t)
+    print(f"data: {data.source} ({n} images), batch {args.batch_size}, {args.rounds} rounds, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"accuracy (both): {raw_acc:.4f}")
+    print(f"raw inference_mode loop : {raw_ips:8.0f} images/s (median of {args.rounds})")
+    print(f"harness run_suite       : {har_ips:8.0f} images/s (median of {args.rounds})")
+    print(f"ratio harness/raw       : {har_ips / raw_ips:.3f}  (goal >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""CLI: the paths a user types, in subprocesses (what the shell sees) and in-process."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, run_cli
+from harness.cli import main
+from models import create_model
+from models.checkpoints import save_checkpoint
+from models.zoo import weights_path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    stem = tmp_path_factory.mktemp("ck") / "r8"
+    save_checkpoint(create_model("resnet8"), stem, factory="resnet8")
+    return stem
+
+
+def one_line_error(proc, pattern):
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("harness: error: ")
+    assert "Traceback" not in proc.stderr
+    import re
+
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from harness.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+            "assert 'pandas' not in sys.modules\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "usage: harness" in out.stdout
+
+
+def test_help_exit_code():
+    proc = run_cli("--help")
+    assert proc.returncode == 0 and "run" in proc.stdout
+
+
+def test_unknown_model_suggests(tmp_path):
+    store = tmp_path / "s.sqlite"
+    proc = run_cli("run", "--suite", "clean", "--model", "resnet2", "--store", str(store))
+    one_line_error(proc, r"unknown model 'resnet2'; did you mean 'resnet20'")
+    assert not store.exists()
+
+
+def test_unknown_suite_suggests(tmp_path):
+    store = tmp_path / "s.sqlite"
+    proc = run_cli("run", "--suite", "claen", "--store", str(store))
+    one_line_error(proc, r"unknown suite 'claen'; did you mean 'clean'")
+    assert not store.exists()
+
+
+def test_missing_data_dir(tmp_path):
+    proc = run_cli("run", "--suite", "clean", "--model", "resnet8", "--data-dir",
+                   str(tmp_path / "nowhere"), "--store", str(tmp_path / "s.sqlite"))
+    one_line_error(proc, r"--data-dir .*nowhere' is not a directory")
+    assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_bad_argument_values(tmp_path):
+    one_line_error(run_cli("run", "--suite", "clean", "--n", "0"), r"--n: expected a positive")
+    one_line_error(run_cli("run", "--suite", "clean", "--n", "5000"),
+                   r"--n 5000 exceeds the 1000 examples of bundled-sample")
+    one_line_error(run_cli("run", "--suite", "clean", "--model", "resnet8",
+                           "--weights", str(tmp_path / "x.pt")), r"x.pt' not found")
+    one_line_error(run_cli("run"), r"the following arguments are required: --suite")
+    one_line_error(run_cli("run", "--suite", "clean", "--device", "cuda:0"),
+                   r"CUDA is not available|only \d+ CUDA")
+    one_line_error(run_cli("ls", "runs", "--store", str(tmp_path / "none.sqlite")),
+                   r"does not exist")
+    one_line_error(run_cli("show", "abc", "--store", str(tmp_path / "none.sqlite")),
+                   r"does not exist")
+
+
+def test_no_weights_for_unbundled_model(tmp_path):
+    one_line_error(run_cli("run", "--suite", "clean", "--model", "resnet20", "--store",
+                           str(tmp_path / "s.sqlite")), r"'resnet20' has no bundled weights")
+
+
+def test_corrupt_checkpoint_exit_2_and_store_untouched(tmp_path, ckpt):
+    store = tmp_path / "s.sqlite"
+    ok = run_cli("run", "--suite", "clean", "--model", "resnet8", "--weights",
+                 f"{ckpt}.json", "--n", "100", "--store", str(store), "--quiet")
+    assert ok.returncode == 0, ok.stderr
+    before = store.read_bytes()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(ckpt.with_suffix(".safetensors").read_bytes()[:500])
+    proc = run_cli("run", "--suite", "clean", "--model", "resnet8", "--weights", str(bad),
+                   "--store", str(store))
+    one_line_error(proc, r"not a valid safetensors file")
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"fc.weight": torch.zeros(3, 3)}, wrong)
+    one_line_error(run_cli("run", "--suite", "clean", "--model", "resnet8", "--weights",
+                           str(wrong), "--store", str(store)), r"do not fit the model")
+    pickled = tmp_path / "code.pt"
+    torch.save({"x": object()}, pickled)
+    one_line_error(run_cli("run", "--suite", "clean", "--model", "resnet8", "--weights",
+                           str(pickled), "--store", str(store)), r"cannot load weights")
+    assert store.read_bytes() == before
+
+
+def test_not_a_store_is_left_alone(tmp_path, ckpt):
+    junk = tmp_path / "junk.sqlite"
+    junk.write_text("hello")
+    proc = run_cli("run", "--suite", "clean", "--model", "resnet8", "--weights",
+                   f"{ckpt}.json", "--store", str(junk))
+    one_line_error(proc, r"not a harness results database")
+    assert junk.read_text() == "hello"
+
+
+def test_run_resume_ls_show(tmp_path, ckpt):
+    store = str(tmp_path / "s.sqlite")
+    args = ["run", "--suite", "clean", "--model", "resnet8", "--weights", f"{ckpt}.json",
+            "--n", "300", "--shard-size", "100", "--store", store, "--quiet"]
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "n = 300 examples" in first.stdout and "3/3" in first.stdout
+    second = run_cli(*args)
+    assert second.returncode == 0 and "0/3" in second.stdout  # resumed: nothing recomputed
+    ls = run_cli("ls", "runs", "--store", store)
+    run_id = ls.stdout.split("│")[1].strip() if "│" in ls.stdout else None
+    from harness.store import Store
+
+    with Store(store, readonly=True) as st:
+        (run,) = st.runs()
+    assert run["run_id"][:12] in ls.stdout
+    csv = run_cli("show", run["run_id"][:8], "--store", store, "--format", "csv", "--examples")
+    lines = csv.stdout.strip().splitlines()
+    assert len(lines) == 301 and lines[0].startswith("run_id,model,suite,data,seed")
+    js = json.loads(run_cli("show", run["run_id"][:8], "--store", store, "--format",
+                            "json").stdout)
+    assert js["rows"][0]["n"] == 300 and 0 <= js["rows"][0]["accuracy"] <= 1
+    assert js["run"]["provenance"]["torch"] == torch.__version__
+    table = run_cli("show", run["run_id"][:8], "--store", store)
+    assert table.returncode == 0 and "clean" in table.stdout
+    del run_id
+
+
+def test_ls_models_and_suites():
+    out = run_cli("ls", "models", "resnet8*").stdout
+    assert "resnet8-gelu" in out and "vgg16" not in out
+    assert "clean" in run_cli("ls", "suites").stdout
+
+
+def test_in_process_main_returns_codes(capsys):
+    assert main(["ls", "suites"]) == 0
+    assert main(["run", "--suite", "nope"]) == 2
+    assert "unknown suite 'nope'" in capsys.readouterr().err
+
+
+USER_FILE = """
+import torch
+from torch import nn
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 32 * 32, 10)
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+def build():
+    torch.manual_seed(0)
+    return Tiny()
+
+def not_a_module():
+    return 42
+"""
+
+
+def test_user_file_factory_with_pt_weights(tmp_path):
+    (tmp_path / "user_models.py").write_text(USER_FILE)
+    exec(USER_FILE, ns := {})
+    net = ns["build"]()
+    with torch.no_grad():
+        net.fc.weight.zero_()
+        net.fc.bias.copy_(torch.arange(10.0))  # always predicts class 9
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    store = str(tmp_path / "s.sqlite")
+    ref = f"{tmp_path / 'user_models.py'}:build"
+    proc = run_cli("run", "--suite", "clean", "--model", ref, "--weights",
+                   str(tmp_path / "w.pt"), "--store", store, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "10.00" in proc.stdout  # class 9 is exactly 100 of the 1,000 balanced images
+    # the same factory as pkg.module:factory, imported from the working directory
+    proc = run_cli("run", "--suite", "clean", "--model", "user_models:build", "--n", "50",
+                   "--store", store, "--quiet", cwd=tmp_path,
+                   env={"PYTHONPATH": f"{tmp_path}:{REPO}"})
+    assert proc.returncode == 0, proc.stderr
+    one_line_error(run_cli("run", "--suite", "clean", "--model",
+                           f"{tmp_path / 'user_models.py'}:not_a_module"), r"not a torch.nn.Module")
+    one_line_error(run_cli("run", "--suite", "clean", "--model",
+                           f"{tmp_path / 'user_models.py'}:missing"), r"has no callable 'missing'")
+    one_line_error(run_cli("run", "--suite", "clean", "--model", "no_such_pkg_xyz:build"),
+                   r"cannot import module 'no_such_pkg_xyz'")
+
+
+@pytest.mark.skipif(weights_path("resnet8") is None or
+                    not weights_path("resnet8").with_suffix(".json").exists(),
+                    reason="bundled weights not present")
+def test_main_job_default_models(tmp_path):
+    proc = run_cli("run", "--suite", "clean", "--store", str(tmp_path / "s.sqlite"),
+                   cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "resnet8" in proc.stdout and "n = 1000 examples" in proc.stdout
+    acc = float(proc.stdout.split("clean")[2].split("│")[2])
+    assert 70 <= acc <= 100

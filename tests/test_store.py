@@ -1,0 +1,207 @@
+"""Store: round trips, resume, force, schema checks, and a SIGKILL mid-run."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from harness.data import load_sample
+from harness.errors import HarnessError
+from harness.records import SCHEMA_VERSION, ExampleResult, RunSpec, Shard, ShardResult
+from harness.runner import LoadedModel, run_suite
+from harness.store import Store
+from models import create_model
+
+
+def spec(**kw):
+    base = dict(model="m", model_fingerprint="f" * 64, suite="clean", params={"n": 4},
+                data="bundled-sample", data_fingerprint="d" * 64, seed=0, dtype="float32",
+                harness_version="0.1.0")
+    base.update(kw)
+    return RunSpec(**base)
+
+
+def shard_result(key, start, stop):
+    ex = tuple(ExampleResult(example=i, label=i % 10, pred=(i * 7) % 10, correct=i % 3 == 0,
+                             loss=0.5 * i) for i in range(start, stop))
+    return ShardResult(Shard(key, {"condition": "clean"}, start, stop), ex, wall_s=0.1)
+
+
+def test_run_id_is_a_content_hash():
+    assert spec().run_id == spec().run_id
+    assert spec(seed=1).run_id != spec().run_id
+    assert spec(params={"n": 5}).run_id != spec().run_id
+    assert spec(data_fingerprint="e" * 64).run_id != spec().run_id
+
+
+def test_round_trip_and_resume(tmp_path):
+    path = tmp_path / "s.sqlite"
+    with Store(path) as st:
+        exec_id, done, complete = st.begin(spec())
+        assert done == set() and not complete
+        st.write_shard(exec_id, shard_result("a", 0, 2))
+    with Store(path) as st:  # a new process resumes the same execution
+        exec_id2, done, complete = st.begin(spec())
+        assert exec_id2 == exec_id and done == {"a"} and not complete
+        st.write_shard(exec_id, shard_result("b", 2, 4))
+        st.complete(exec_id, 2)
+        df = st.to_frame()
+    assert df["example"].tolist() == [0, 1, 2, 3]
+    assert df["correct"].tolist() == [True, False, False, True]
+    assert df["pred"].tolist() == [0, 7, 4, 1] and df["loss"].tolist() == [0.0, 0.5, 1.0, 1.5]
+    assert set(df["condition"]) == {"clean"} and set(df["model"]) == {"m"}
+    with Store(path, readonly=True) as st:
+        (run,) = st.runs()
+        assert run["complete"] and run["n"] == 4 and run["n_correct"] == 2
+        assert st.find_run(run["run_id"][:6])["run_id"] == run["run_id"]
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_force_appends_a_new_execution(tmp_path):
+    with Store(tmp_path / "s.sqlite") as st:
+        e1, _, _ = st.begin(spec())
+        st.write_shard(e1, shard_result("a", 0, 2))
+        e2, done, _ = st.begin(spec(), force=True)
+        assert e2 != e1 and done == set()
+        assert st.to_frame().empty  # readers see the latest execution only
+        st.write_shard(e2, shard_result("a", 0, 2))
+        assert len(st.to_frame()) == 2
+        n_rows = st._conn.execute("SELECT COUNT(*) FROM examples").fetchone()[0]
+        assert n_rows == 4  # nothing was deleted
+
+
+def test_duplicate_shard_is_rejected_not_overwritten(tmp_path):
+    with Store(tmp_path / "s.sqlite") as st:
+        e, _, _ = st.begin(spec())
+        st.write_shard(e, shard_result("a", 0, 2))
+        with pytest.raises(sqlite3.IntegrityError):
+            st.write_shard(e, shard_result("a", 0, 2))
+        assert len(st.to_frame()) == 2
+
+
+def test_bad_store_files(tmp_path):
+    with pytest.raises(HarnessError, match="does not exist"):
+        Store(tmp_path / "absent.sqlite", readonly=True)
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(HarnessError, match="not a harness results database"):
+        Store(junk)
+    assert junk.read_bytes() == b"this is not sqlite" * 100
+    other = tmp_path / "other.sqlite"
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE t(x)")
+    con.commit()
+    con.close()
+    with pytest.raises(HarnessError, match="not a harness store"):
+        Store(other)
+    newer = tmp_path / "newer.sqlite"
+    con = sqlite3.connect(newer)
+    con.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    con.close()
+    with pytest.raises(HarnessError, match="newer than this harness"):
+        Store(newer)
+    with pytest.raises(HarnessError, match="directory .* does not exist"):
+        Store(tmp_path / "no" / "s.sqlite")
+
+
+def test_run_suite_resumes_without_recomputing(tmp_path):
+    model = LoadedModel(name="resnet8-random", module=create_model("resnet8"),
+                        identity={"factory": "resnet8"})
+    data = load_sample()
+    with Store(tmp_path / "s.sqlite") as st:
+        first = run_suite(model=model, suite="clean", data=data, store=st, n=300, shard_size=100)
+        assert (first.shards_computed, first.shards_total) == (3, 3)
+        again = run_suite(model=model, suite="clean", data=data, store=st, n=300, shard_size=100)
+        assert again.shards_computed == 0 and again.run_id == first.run_id
+        forced = run_suite(model=model, suite="clean", data=data, store=st, n=300,
+                           shard_size=100, force=True)
+        assert forced.shards_computed == 3
+        assert forced.summary["accuracy"].tolist() == first.summary["accuracy"].tolist()
+        other_weights = LoadedModel(name="resnet8-random", module=create_model("resnet8"),
+                                    identity={"factory": "resnet8"})
+        with torch.no_grad():
+            other_weights.module.fc.bias += 1.0
+        assert run_suite(model=other_weights, suite="clean", data=data, store=st, n=300,
+                         shard_size=100).run_id != first.run_id
+
+
+_KILL_SCRIPT = """
+import sys, time
+from harness.data import load_cifar10_arrays
+from harness.runner import LoadedModel, run_suite
+from harness.store import Store
+from harness.suites import clean
+from models import create_model
+import torch
+
+torch.manual_seed(0)
+slow = float(sys.argv[3])
+orig = clean.CleanSuite.evaluate_shard
+def evaluate_shard(self, *a, **k):          # slow each shard down so the kill lands mid-run
+    time.sleep(slow)
+    return orig(self, *a, **k)
+clean.CleanSuite.evaluate_shard = evaluate_shard
+model = LoadedModel(name="resnet8-seed0", module=create_model("resnet8"), identity={"seed": 0})
+with Store(sys.argv[1]) as st:
+    out = run_suite(model=model, suite="clean", data=load_cifar10_arrays("test", data_dir=sys.argv[2]),
+                    store=st, n=4000, shard_size=250)
+print("computed", out.shards_computed, "of", out.shards_total)
+"""
+
+
+def _shard_rows(path):
+    con = sqlite3.connect(path)
+    try:
+        return con.execute("SELECT shard_key, finished_utc, exec_id FROM shards").fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path, cifar_dir):
+    killed, clean_path = tmp_path / "killed.sqlite", tmp_path / "clean.sqlite"
+    script = tmp_path / "job.py"
+    script.write_text(_KILL_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script), str(killed), str(cifar_dir), "0.3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    rows = []
+    while time.time() < deadline:
+        if killed.exists():
+            try:
+                rows = _shard_rows(killed)
+            except sqlite3.OperationalError:
+                rows = []
+        if len(rows) >= 4:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    before = _shard_rows(killed)
+    assert 4 <= len(before) < 16, "the kill must land mid-run"
+
+    out = subprocess.run([sys.executable, str(script), str(killed), str(cifar_dir), "0"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["computed", str(16 - len(before)), "of", "16"]
+    after = _shard_rows(killed)
+    assert set(before) <= set(after) and len(after) == 16  # finished shards kept, not redone
+
+    subprocess.run([sys.executable, str(script), str(clean_path), str(cifar_dir), "0"],
+                   capture_output=True, text=True, check=True)
+    cols = ["model", "suite", "data", "seed", "shard_key", "condition", "example", "label",
+            "pred", "correct", "loss"]
+    with Store(killed, readonly=True) as a, Store(clean_path, readonly=True) as b:
+        fa, fb = a.to_frame()[cols], b.to_frame()[cols]
+        assert a.runs()[0]["run_id"] == b.runs()[0]["run_id"]
+        assert a.runs()[0]["complete"]
+    assert len(fa) == 4000
+    assert fa.equals(fb)

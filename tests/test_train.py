@@ -1,0 +1,82 @@
+"""The training recipe: augmentation semantics and a short real run."""
+
+import torch
+
+from models import create_model
+from models.train import TrainRecipe, augment, evaluate_accuracy, train
+
+
+def test_augment_is_a_shift_and_optional_flip():
+    x = torch.rand(64, 3, 32, 32)
+    out = augment(x, pad=4, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
+    for i in range(64):  # every output is some crop of the padded image, maybe mirrored
+        crops = [padded[i, :, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+        assert any(torch.equal(out[i], c) or torch.equal(out[i], c.flip(-1)) for c in crops)
+    flipped = sum(not any(torch.equal(out[i], padded[i, :, dy:dy + 32, dx:dx + 32])
+                          for dy in range(9) for dx in range(9)) for i in range(64))
+    assert 10 < flipped < 54  # about half are mirrored
+
+
+def test_augment_is_seeded():
+    x = torch.rand(8, 3, 32, 32)
+    a = augment(x, pad=4, generator=torch.Generator().manual_seed(1))
+    b = augment(x, pad=4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+
+
+def test_short_training_learns_and_is_reproducible():
+    from harness.data import load_sample
+
+    s = load_sample()
+    x, y = torch.from_numpy(s.images), torch.from_numpy(s.labels)
+    recipe = TrainRecipe(epochs=3, batch_size=100, lr=0.1, seed=0)
+    torch.manual_seed(0)
+    m1, summary = train(create_model("resnet8"), x[:800], y[:800], recipe=recipe)
+    torch.manual_seed(0)
+    m2, _ = train(create_model("resnet8"), x[:800], y[:800], recipe=recipe)
+    acc = evaluate_accuracy(m1, x, y)
+    assert acc > 0.2  # chance is 0.1
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    assert summary["steps"] == 24 and len(summary["history"]) == 3
+
+
+def test_train_cli_writes_a_loadable_checkpoint_and_card(tmp_path):
+    """`harness train` end to end on a small folder in the official layout."""
+    import json
+    import pickle
+
+    from conftest import run_cli
+    from harness.data import load_sample
+
+    s = load_sample()
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    flat = s.images.reshape(1000, -1)
+    for b in range(5):  # 5 train batches of 160 images, test batch of the last 200
+        with open(root / f"data_batch_{b + 1}", "wb") as f:
+            pickle.dump({b"data": flat[b * 160:(b + 1) * 160],
+                         b"labels": s.labels[b * 160:(b + 1) * 160].tolist()}, f)
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump({b"data": flat[800:], b"labels": s.labels[800:].tolist()}, f)
+    out = tmp_path / "ck" / "r8"
+    out.parent.mkdir()
+    proc = run_cli("train", "--model", "resnet8", "--epochs", "2", "--batch-size", "100",
+                   "--data-dir", str(tmp_path), "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["factory"] == "resnet8" and meta["test"]["n"] == 200
+    assert meta["recipe"]["epochs"] == 2 and len(meta["history"]) == 2
+    assert meta["data"]["train_n"] == 800
+    card = out.with_suffix(".md").read_text()
+    assert f"{100 * meta['test']['accuracy']:.2f} %" in card
+    run = run_cli("run", "--suite", "clean", "--model", "resnet8", "--weights",
+                  str(out.with_suffix(".json")), "--data-dir", str(tmp_path), "--store",
+                  str(tmp_path / "s.sqlite"), "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert f"{100 * meta['test']['accuracy']:.2f}" in run.stdout  # same 200 test images
+    bad = run_cli("train", "--model", "resnet8", "--out", str(tmp_path / "no" / "x"),
+                  "--data-dir", str(tmp_path))
+    assert bad.returncode == 2 and "does not exist" in bad.stderr
