@@ -43,7 +43,7 @@ def _positive_int(text: str) -> int:
 
 
 def _default_store() -> str:
-    return os.environ.get("HARNESS_STORE", "harness-results.sqlite")
+    return os.environ.get("HARNESS_STORE") or "harness-results.sqlite"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,10 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", required=True, help="registry name")
     train.add_argument("--out", required=True, help="checkpoint path without suffix")
     train.add_argument("--data-dir", help="folder with cifar-10-batches-py (or $HARNESS_DATA)")
-    train.add_argument("--epochs", type=_positive_int, default=24)
+    train.add_argument("--epochs", type=_positive_int, default=40)
     train.add_argument("--batch-size", type=_positive_int, default=256)
     train.add_argument("--lr", type=float, default=0.2)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     train.add_argument("--device", default="cpu")
     train.add_argument("--quiet", action="store_true")
     return parser
@@ -113,10 +114,11 @@ def _pct(x: float) -> str:
 
 
 def cmd_run(args) -> int:
+    import torch
     from rich.table import Table
 
     from harness.data import load_cifar10_arrays
-    from harness.runner import check_device, default_models, resolve_model
+    from harness.runner import check_device, default_models, probe_model, resolve_model
     from harness.store import Store
     from harness.suites import SUITES
 
@@ -130,6 +132,12 @@ def cmd_run(args) -> int:
         raise HarnessError(f"--n {args.n} exceeds the {len(data)} examples of {data.source}")
     # Resolve every model before opening the store: a bad name must not leave a new store.
     loaded = [resolve_model(ref, weights=args.weights, device=device) for ref in refs]
+    for lm in loaded:
+        # Probe in the evaluation dtype before the store is opened: a model that cannot run
+        # must not leave a new store behind.
+        lm.module.to(dtype=getattr(torch, args.dtype))
+        probe_model(lm.module, lm.name, data.head(args.n), device=device,
+                    dtype=getattr(torch, args.dtype))
     store = Store(args.store or _default_store())
     err = _console(stderr=True)
     outcomes = []
@@ -244,7 +252,7 @@ def cmd_show(args) -> int:
     if args.format == "csv":
         sys.stdout.write(out.to_csv(index=False))
     elif args.format == "json":
-        doc = {"run": {k: run[k] for k in ("run_id", "model", "suite", "spec", "provenance",
+        doc = {"run": {k: run[k] for k in ("run_id", "model", "suite", "spec", "sessions",
                                            "started_utc", "finished_utc", "complete")},
                "schema_version": SCHEMA_VERSION,
                "rows": json.loads(out.to_json(orient="records"))}
@@ -281,7 +289,10 @@ def cmd_train(args) -> int:
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise HarnessError(f"--out: directory {out_dir!r} does not exist")
-    recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
+    if not os.access(out_dir, os.W_OK):
+        raise HarnessError(f"--out: directory {out_dir!r} is not writable")
+    recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         bf16=not args.fp32)
     err = _console(stderr=True)
     progress = Progress(TextColumn(f"train {name}"), BarColumn(), TextColumn("{task.completed}/"
                         "{task.total} steps"), TimeElapsedColumn(), TextColumn("ETA"),
@@ -307,7 +318,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except HarnessError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, whatever the message held
+        print(f"harness: error: {message}", file=sys.stderr)
         return 2
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0)

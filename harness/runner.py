@@ -95,8 +95,9 @@ def _load_user_factory(ref: str) -> tuple[Callable, dict[str, Any]]:
     else:
         try:
             module = importlib.import_module(target)
-        except ImportError as exc:
-            raise HarnessError(f"--model {ref!r}: cannot import module {target!r}: {exc}") from None
+        except Exception as exc:  # ImportError, SyntaxError, errors raised at import time
+            raise HarnessError(f"--model {ref!r}: cannot import module {target!r}: "
+                               f"{type(exc).__name__}: {exc}") from None
         file = getattr(module, "__file__", None)
         source = Path(file).read_bytes() if file else b""
     factory = getattr(module, attr, None)
@@ -121,7 +122,7 @@ def resolve_model(ref: str, *, weights: str | None = None, device: str = "cpu") 
     """
     from torch import nn
 
-    from models.checkpoints import load_state_into, read_state_dict, sha256_file
+    from models.checkpoints import load_state_into, read_checkpoint, read_state_dict, sha256_file
     from models.zoo import MODELS, create_model
 
     is_user = ":" in ref and ref not in MODELS
@@ -150,15 +151,11 @@ def resolve_model(ref: str, *, weights: str | None = None, device: str = "cpu") 
     if weights is not None:
         wpath = Path(weights).expanduser()
         if wpath.suffix == ".json":
-            from models.checkpoints import read_meta, read_safetensors
-
-            meta = read_meta(wpath)
-            state = read_safetensors(wpath.with_name(meta["weights_file"]), sha256=meta["sha256"])
+            _, state, wpath = read_checkpoint(wpath)
         else:
             state = read_state_dict(wpath)
         load_state_into(module, state, source=str(wpath))
-        identity["weights_sha256"] = sha256_file(
-            wpath.with_name(meta["weights_file"]) if wpath.suffix == ".json" else wpath)
+        identity["weights_sha256"] = sha256_file(wpath)
     return LoadedModel(name=name, module=module.to(device).eval(), identity=identity)
 
 
@@ -223,6 +220,27 @@ def check_device(device: str) -> str:
     return str(dev)
 
 
+def probe_model(module, name: str, data, *, device: str, dtype) -> None:
+    """Fail before touching the store when the model cannot classify two examples."""
+    import torch
+
+    k = min(2, len(data))
+    x = torch.from_numpy(data.images[:k]).to(device=device, dtype=dtype).div_(255)
+    try:
+        with torch.inference_mode():
+            out = module(x.contiguous(memory_format=torch.channels_last))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise HarnessError(f"model {name!r} failed on a {tuple(x.shape)} batch in [0, 1]: "
+                           f"{type(exc).__name__}: {first}") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != k or out.shape[1] < 2:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise HarnessError(f"model {name!r} must return logits of shape (N, classes); got {shape}")
+    if int(data.labels.max()) >= out.shape[1]:
+        raise HarnessError(f"model {name!r} has {out.shape[1]} outputs but the labels go up to "
+                           f"{int(data.labels.max())}")
+
+
 # -- running ----------------------------------------------------------------------------------------
 def run_suite(
     *,
@@ -272,24 +290,25 @@ def run_suite(
     torch_dtype = getattr(torch, dtype)
     module = model.module.to(device=device, dtype=torch_dtype, memory_format=torch.channels_last)
     module.eval()
-    exec_id, done, complete = store.begin(
+    probe_model(module, model.name, data, device=device, dtype=torch_dtype)
+    writer = store.begin(
         spec, force=force,
         provenance={**provenance(device=device, dtype=dtype, batch_size=batch_size),
                     "model_identity": model.identity},
     )
     shards = suite_obj.shards(data, params)
-    todo = [s for s in shards if s.key not in done]
+    todo = [s for s in shards if s.key not in writer.done]
     if on_plan is not None:
         on_plan(sum(s.n for s in todo), sum(s.n for s in shards) - sum(s.n for s in todo))
     start = time.perf_counter()
     torch.manual_seed(seed)
     for result in suite_obj.run(module, data, params, seed, device=device, dtype=torch_dtype,
-                                batch_size=batch_size, skip=done):
-        store.write_shard(exec_id, result)
+                                batch_size=batch_size, skip=writer.done):
+        store.write_shard(writer, result)
         if on_progress is not None:
             on_progress(result.shard.n)
-    if not complete:
-        store.complete(exec_id, len(shards))
+    if not writer.complete:
+        store.complete(writer, len(shards))
     wall = time.perf_counter() - start
     frame = store.to_frame([spec.run_id])
     return RunOutcome(spec=spec, run_id=spec.run_id, summary=suite_obj.summarize(frame),

@@ -3,16 +3,19 @@
 Only this module touches SQLite. Layout (``SCHEMA_VERSION`` in ``PRAGMA user_version``):
 
 * ``runs``        -- one row per :class:`RunSpec` (``run_id`` = content hash of the spec);
-* ``executions``  -- one row per attempt at a run (``--force`` starts a new one), with the
-  provenance of the process that ran it (versions, device, git hash, UTC time);
-* ``shards``      -- one row per finished shard of an execution (condition as canonical JSON);
+* ``executions``  -- one row per attempt at a run (``--force`` starts a new one);
+* ``sessions``    -- one row per process that worked on an execution (a resume adds one), with
+  its provenance (versions, device, git hash, UTC time);
+* ``shards``      -- one row per finished shard of an execution (condition as canonical JSON),
+  naming the session that computed it;
 * ``examples``    -- per-example outcomes of each shard;
 * ``completions`` -- marks an execution finished.
 
 Nothing is ever updated or deleted. A shard and its examples are written in one transaction,
 so a process killed mid-run leaves only whole shards; re-running the same spec continues the
-latest execution and skips every shard it already holds. Readers use, for each run, its latest
-execution.
+latest execution and skips every shard it already holds (a shard written twice by concurrent
+processes keeps the first copy). Readers use, for each run, its latest execution. The file is
+marked with ``PRAGMA application_id`` so a foreign SQLite database is never written to.
 
 Example::
 
@@ -27,6 +30,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,7 @@ from harness.errors import HarnessError
 from harness.records import SCHEMA_VERSION, RunSpec, ShardResult, canonical_json
 
 DEFAULT_PATH = "harness-results.sqlite"
+APPLICATION_ID = 0x48524E53  # "HRNS": marks the file as a harness store
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -47,12 +52,18 @@ CREATE TABLE IF NOT EXISTS executions (
     exec_id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL REFERENCES runs(run_id),
     started_utc TEXT NOT NULL,
-    forced INTEGER NOT NULL,
+    forced INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    exec_id INTEGER NOT NULL REFERENCES executions(exec_id),
+    started_utc TEXT NOT NULL,
     provenance_json TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS shards (
     exec_id INTEGER NOT NULL REFERENCES executions(exec_id),
     shard_key TEXT NOT NULL,
+    session_id INTEGER NOT NULL REFERENCES sessions(session_id),
     condition_json TEXT NOT NULL,
     start INTEGER NOT NULL,
     stop INTEGER NOT NULL,
@@ -69,7 +80,7 @@ CREATE TABLE IF NOT EXISTS examples (
     label INTEGER NOT NULL,
     pred INTEGER NOT NULL,
     correct INTEGER NOT NULL,
-    loss REAL NOT NULL,
+    loss REAL,                -- NULL when not finite (SQLite stores NaN as NULL)
     PRIMARY KEY (exec_id, shard_key, example)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS completions (
@@ -80,8 +91,21 @@ CREATE TABLE IF NOT EXISTS completions (
 """
 
 
+_TABLES = {"runs", "executions", "sessions", "shards", "examples", "completions"}
+
+
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass(frozen=True)
+class Writer:
+    """Where a process appends: the execution, its own session, and what is already stored."""
+
+    exec_id: int
+    session_id: int
+    done: frozenset[str]
+    complete: bool
 
 
 class Store:
@@ -97,40 +121,54 @@ class Store:
 
     def __init__(self, path: str | os.PathLike = DEFAULT_PATH, *, readonly: bool = False) -> None:
         self.path = str(path)
-        if readonly and self.path != ":memory:" and not Path(self.path).is_file():
+        if not self.path:
+            raise HarnessError("--store is empty")
+        memory = self.path == ":memory:"
+        file = Path(self.path).expanduser()
+        if not memory and file.is_dir():
+            raise HarnessError(f"store {self.path!r} is a directory; give a file path")
+        if readonly and not memory and not file.is_file():
             raise HarnessError(f"store {self.path!r} does not exist")
-        if not readonly and self.path != ":memory:":
-            parent = Path(self.path).expanduser().parent
-            if not parent.is_dir():
-                raise HarnessError(f"--store: directory {str(parent)!r} does not exist")
+        if not readonly and not memory and not file.parent.is_dir():
+            raise HarnessError(f"--store: directory {str(file.parent)!r} does not exist")
         try:
-            uri = f"file:{Path(self.path).resolve()}?mode=ro" if readonly else self.path
-            self._conn = sqlite3.connect(uri, uri=readonly, timeout=30, isolation_level=None)
+            if readonly and not memory:
+                target, uri = file.resolve().as_uri() + "?mode=ro", True
+            else:
+                target, uri = (self.path if memory else str(file)), False
+            self._conn = sqlite3.connect(target, uri=uri, timeout=30, isolation_level=None)
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._check_and_init(readonly)
         except sqlite3.DatabaseError as exc:
-            raise HarnessError(f"store {self.path!r} is not a harness results database: {exc}") from None
+            raise HarnessError(f"store {self.path!r} is not a harness results database: "
+                               f"{exc}") from None
 
     def _check_and_init(self, readonly: bool) -> None:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = {r[0] for r in self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='table'")}
+        fresh = version == 0 and app_id == 0 and not tables
+        if not fresh and (app_id != APPLICATION_ID or not _TABLES <= tables):
+            raise HarnessError(f"store {self.path!r} is an SQLite file but not a harness store")
         if version > SCHEMA_VERSION:
             raise HarnessError(
                 f"store {self.path!r} has schema version {version}, newer than this harness "
                 f"({SCHEMA_VERSION}); upgrade the harness"
             )
-        if version == 0 and tables:
-            raise HarnessError(f"store {self.path!r} is an SQLite file but not a harness store")
         if readonly:
+            if fresh:
+                raise HarnessError(f"store {self.path!r} is empty, not a harness store")
             return
+        if fresh:
+            # One script, one transaction: a store is either fully initialised or untouched.
+            self._conn.executescript(
+                f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};"
+                f"PRAGMA application_id={APPLICATION_ID};COMMIT;"
+            )
         if self.path != ":memory:":
             self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
-        if version == 0:
-            # One script, one transaction: a store is either fully initialised or untouched.
-            self._conn.executescript(
-                f"BEGIN IMMEDIATE;{_SCHEMA}PRAGMA user_version={SCHEMA_VERSION};COMMIT;"
-            )
 
     def close(self) -> None:
         self._conn.close()
@@ -155,13 +193,12 @@ class Store:
 
     # -- writing -----------------------------------------------------------------------------
     def begin(self, spec: RunSpec, *, force: bool = False, provenance: dict | None = None
-              ) -> tuple[int, set[str], bool]:
-        """Register ``spec`` and pick the execution to write into.
+              ) -> Writer:
+        """Register ``spec``, pick the execution to write into and open a session on it.
 
-        Returns:
-            (exec_id, keys of shards already stored in it, whether it is already complete).
-            Without ``force`` the latest execution of the run is continued (resume); with
-            ``force``, or when the run is new, a fresh execution is started.
+        Without ``force`` the latest execution of the run is continued (resume); with ``force``,
+        or when the run is new, a fresh execution is started. Every call records a session with
+        ``provenance``, so shards computed by a resumed process name the process that made them.
         """
         run_id = spec.run_id
         with self._tx():
@@ -178,36 +215,45 @@ class Store:
                 exec_id = row[0]
             else:
                 exec_id = self._conn.execute(
-                    "INSERT INTO executions(run_id, started_utc, forced, provenance_json) "
-                    "VALUES (?,?,?,?)",
-                    (run_id, utc_now(), int(force), canonical_json(provenance or {})),
+                    "INSERT INTO executions(run_id, started_utc, forced) VALUES (?,?,?)",
+                    (run_id, utc_now(), int(force)),
                 ).lastrowid
-        done = {r[0] for r in self._conn.execute(
-            "SELECT shard_key FROM shards WHERE exec_id=?", (exec_id,))}
+            session_id = self._conn.execute(
+                "INSERT INTO sessions(exec_id, started_utc, provenance_json) VALUES (?,?,?)",
+                (exec_id, utc_now(), canonical_json(provenance or {})),
+            ).lastrowid
+        done = frozenset(r[0] for r in self._conn.execute(
+            "SELECT shard_key FROM shards WHERE exec_id=?", (exec_id,)))
         complete = self._conn.execute(
             "SELECT 1 FROM completions WHERE exec_id=?", (exec_id,)).fetchone() is not None
-        return exec_id, done, complete
+        return Writer(exec_id=exec_id, session_id=session_id, done=done, complete=complete)
 
-    def write_shard(self, exec_id: int, result: ShardResult) -> None:
-        """Append one finished shard and its examples in a single transaction."""
+    def write_shard(self, writer: Writer, result: ShardResult) -> bool:
+        """Append one finished shard and its examples in a single transaction.
+
+        Returns False (and writes nothing) when another process stored the shard first.
+        """
         s = result.shard
-        rows = [(exec_id, s.key, e.example, e.label, e.pred, int(e.correct), e.loss)
+        rows = [(writer.exec_id, s.key, e.example, e.label, e.pred, int(e.correct), e.loss)
                 for e in result.examples]
         with self._tx():
-            self._conn.execute(
-                "INSERT INTO shards(exec_id, shard_key, condition_json, start, stop, n, n_correct,"
-                " wall_s, finished_utc) VALUES (?,?,?,?,?,?,?,?,?)",
-                (exec_id, s.key, canonical_json(dict(s.condition)), s.start, s.stop,
-                 len(result.examples), result.n_correct, result.wall_s, utc_now()),
-            )
-            self._conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?)", rows)
+            inserted = self._conn.execute(
+                "INSERT OR IGNORE INTO shards(exec_id, shard_key, session_id, condition_json, "
+                "start, stop, n, n_correct, wall_s, finished_utc) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (writer.exec_id, s.key, writer.session_id, canonical_json(dict(s.condition)),
+                 s.start, s.stop, len(result.examples), result.n_correct, result.wall_s,
+                 utc_now()),
+            ).rowcount
+            if inserted:
+                self._conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?)", rows)
+        return bool(inserted)
 
-    def complete(self, exec_id: int, n_shards: int) -> None:
+    def complete(self, writer: Writer, n_shards: int) -> None:
         """Mark an execution finished (idempotent)."""
         with self._tx():
             self._conn.execute(
                 "INSERT OR IGNORE INTO completions(exec_id, finished_utc, n_shards) VALUES (?,?,?)",
-                (exec_id, utc_now(), n_shards),
+                (writer.exec_id, utc_now(), n_shards),
             )
 
     # -- reading -----------------------------------------------------------------------------
@@ -217,7 +263,7 @@ class Store:
         """One dict per run (its latest execution): ids, model, suite, spec, counts, status."""
         q = f"""
             SELECT r.run_id, r.model, r.suite, r.spec_json, r.created_utc, e.exec_id,
-                   e.started_utc, e.provenance_json, c.finished_utc,
+                   e.started_utc, e.forced, c.finished_utc,
                    COALESCE(SUM(s.n), 0), COALESCE(SUM(s.n_correct), 0), COUNT(s.shard_key),
                    COALESCE(SUM(s.wall_s), 0)
             FROM runs r JOIN ({self._LATEST}) l ON l.run_id = r.run_id
@@ -231,7 +277,10 @@ class Store:
             out.append({
                 "run_id": row[0], "model": row[1], "suite": row[2],
                 "spec": json.loads(row[3]), "created_utc": row[4], "exec_id": row[5],
-                "started_utc": row[6], "provenance": json.loads(row[7]),
+                "started_utc": row[6], "forced": bool(row[7]),
+                "sessions": [json.loads(p) for (p,) in self._conn.execute(
+                    "SELECT provenance_json FROM sessions WHERE exec_id=? ORDER BY session_id",
+                    (row[5],))],
                 "finished_utc": row[8], "complete": row[8] is not None,
                 "n": row[9], "n_correct": row[10], "n_shards": row[11], "wall_s": row[12],
             })
@@ -243,7 +292,8 @@ class Store:
         if not matches:
             raise HarnessError(f"no run {prefix!r} in store {self.path!r} (see 'harness ls runs')")
         if len(matches) > 1:
-            raise HarnessError(f"run id {prefix!r} is ambiguous ({len(matches)} runs); give more characters")
+            raise HarnessError(f"run id {prefix!r} is ambiguous ({len(matches)} runs); "
+                               "give more characters")
         return matches[0]
 
     def to_frame(self, run_ids: Iterable[str] | None = None):

@@ -47,6 +47,7 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -54,8 +55,14 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _stem(path: str | os.PathLike) -> Path:
-    p = Path(path)
-    return p.with_suffix("") if p.suffix in (".json", ".safetensors") else p
+    p = Path(path).expanduser()
+    return p.with_suffix("") if p.suffix in (".json", ".safetensors", ".md") else p
+
+
+def checkpoint_file(stem: str | os.PathLike, ext: str) -> Path:
+    """``stem`` + ``ext`` without eating a dotted last component (``r8.v2`` -> ``r8.v2.json``)."""
+    stem = _stem(stem)
+    return stem.with_name(stem.name + ext)
 
 
 def save_checkpoint(
@@ -76,41 +83,54 @@ def save_checkpoint(
     stem = _stem(stem)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     blob = save(state)
-    _atomic_write_bytes(stem.with_suffix(".safetensors"), blob)
+    _atomic_write_bytes(checkpoint_file(stem, ".safetensors"), blob)
     meta: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "factory": factory,
         "factory_kwargs": dict(factory_kwargs or {}),
         "num_params": int(sum(p.numel() for p in model.parameters())),
         "sha256": hashlib.sha256(blob).hexdigest(),
-        "weights_file": stem.with_suffix(".safetensors").name,
+        "weights_file": checkpoint_file(stem, ".safetensors").name,
     }
     model_meta = getattr(model, "meta", None)
     if model_meta is not None and hasattr(model_meta, "to_dict"):
         meta["model"] = model_meta.to_dict()
     meta.update(extra or {})
-    _atomic_write_bytes(stem.with_suffix(".json"), (json.dumps(meta, indent=2) + "\n").encode())
+    _atomic_write_bytes(checkpoint_file(stem, ".json"), (json.dumps(meta, indent=2) + "\n").encode())
     return meta
 
 
 def read_meta(path: str | os.PathLike) -> dict:
     """The JSON metadata of a checkpoint (``.json`` or ``.safetensors`` path, or stem)."""
-    meta_path = _stem(path).with_suffix(".json")
+    meta_path = checkpoint_file(path, ".json")
     try:
         meta = json.loads(meta_path.read_text())
     except FileNotFoundError:
         raise HarnessError(f"checkpoint metadata {str(meta_path)!r} not found") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # unreadable, a directory, not JSON, not UTF-8
         raise HarnessError(f"checkpoint metadata {str(meta_path)!r} is corrupt: {exc}") from None
     if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
         raise HarnessError(
             f"checkpoint metadata {str(meta_path)!r} has no supported format_version "
             f"(expected {FORMAT_VERSION})"
         )
-    for key in ("factory", "sha256"):
-        if key not in meta:
+    for key in ("factory", "sha256", "weights_file"):
+        if not isinstance(meta.get(key), str):
             raise HarnessError(f"checkpoint metadata {str(meta_path)!r} lacks {key!r}")
+    if Path(meta["weights_file"]).name != meta["weights_file"]:
+        raise HarnessError(f"checkpoint metadata {str(meta_path)!r}: weights_file must be a "
+                           "file name next to the metadata")
+    if not isinstance(meta.get("factory_kwargs", {}), dict):
+        raise HarnessError(f"checkpoint metadata {str(meta_path)!r}: factory_kwargs must be "
+                           "an object")
     return meta
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, Path]:
+    """(metadata, sha256-verified state dict, weights path) of a checkpoint."""
+    meta = read_meta(path)
+    weights = checkpoint_file(path, ".json").with_name(meta["weights_file"])
+    return meta, read_safetensors(weights, sha256=meta["sha256"]), weights
 
 
 def read_safetensors(path: str | os.PathLike, *, sha256: str | None = None) -> dict:
@@ -175,15 +195,12 @@ def load_model(path: str | os.PathLike, *, device: str = "cpu"):
     """
     from models.zoo import MODELS
 
-    stem = _stem(path)
-    meta = read_meta(stem)
+    meta, state, weights = read_checkpoint(path)
     factory = MODELS.get(meta["factory"])
     try:
         model = factory(**meta.get("factory_kwargs", {}))
     except TypeError as exc:
-        raise HarnessError(f"checkpoint {str(stem)!r}: bad factory_kwargs: {exc}") from None
-    weights = stem.with_name(meta.get("weights_file", stem.name + ".safetensors"))
-    state = read_safetensors(weights, sha256=meta["sha256"])
+        raise HarnessError(f"checkpoint {str(_stem(path))!r}: bad factory_kwargs: {exc}") from None
     load_state_into(model, state, source=str(weights))
     model.checkpoint = meta
     return model.to(device).eval()

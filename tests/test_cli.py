@@ -76,7 +76,7 @@ def test_bad_argument_values(tmp_path):
     one_line_error(run_cli("run", "--suite", "clean", "--model", "resnet8",
                            "--weights", str(tmp_path / "x.pt")), r"x.pt' not found")
     one_line_error(run_cli("run"), r"the following arguments are required: --suite")
-    one_line_error(run_cli("run", "--suite", "clean", "--device", "cuda:0"),
+    one_line_error(run_cli("run", "--suite", "clean", "--device", "cuda:99"),
                    r"CUDA is not available|only \d+ CUDA")
     one_line_error(run_cli("ls", "runs", "--store", str(tmp_path / "none.sqlite")),
                    r"does not exist")
@@ -130,7 +130,6 @@ def test_run_resume_ls_show(tmp_path, ckpt):
     second = run_cli(*args)
     assert second.returncode == 0 and "0/3" in second.stdout  # resumed: nothing recomputed
     ls = run_cli("ls", "runs", "--store", store)
-    run_id = ls.stdout.split("│")[1].strip() if "│" in ls.stdout else None
     from harness.store import Store
 
     with Store(store, readonly=True) as st:
@@ -142,10 +141,11 @@ def test_run_resume_ls_show(tmp_path, ckpt):
     js = json.loads(run_cli("show", run["run_id"][:8], "--store", store, "--format",
                             "json").stdout)
     assert js["rows"][0]["n"] == 300 and 0 <= js["rows"][0]["accuracy"] <= 1
-    assert js["run"]["provenance"]["torch"] == torch.__version__
+    (session,) = js["run"]["sessions"][:1]
+    assert session["torch"] == torch.__version__ and session["device"] == "cpu"
+    assert len(js["run"]["sessions"]) == 2  # the resumed second process is recorded too
     table = run_cli("show", run["run_id"][:8], "--store", store)
     assert table.returncode == 0 and "clean" in table.stdout
-    del run_id
 
 
 def test_ls_models_and_suites():
@@ -217,3 +217,27 @@ def test_main_job_default_models(tmp_path):
     assert "resnet8" in proc.stdout and "n = 1000 examples" in proc.stdout
     acc = float(proc.stdout.split("clean")[2].split("│")[2])
     assert 70 <= acc <= 100
+
+
+BROKEN_FILE = """
+import torch
+from torch import nn
+
+def wrong_input():
+    return nn.Linear(5, 10)           # cannot take images
+
+
+def too_few_classes():
+    return nn.Sequential(nn.Flatten(), nn.Linear(3072, 3))
+"""
+
+
+def test_broken_user_models_exit_2_before_the_store(tmp_path):
+    (tmp_path / "broken.py").write_text(BROKEN_FILE)
+    store = tmp_path / "s.sqlite"
+    base = ["run", "--suite", "clean", "--store", str(store), "--model"]
+    one_line_error(run_cli(*base, f"{tmp_path / 'broken.py'}:wrong_input"),
+                   r"failed on a \(2, 3, 32, 32\) batch in \[0, 1\]: RuntimeError")
+    one_line_error(run_cli(*base, f"{tmp_path / 'broken.py'}:too_few_classes"),
+                   r"has 3 outputs but the labels go up to 9")
+    assert not store.exists()

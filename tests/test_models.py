@@ -37,7 +37,10 @@ def test_forward_contract(name):
     x = _input()
     out = model(x)
     assert out.shape == (2, model.meta.num_classes) and torch.isfinite(out).all()
-    assert torch.equal(out, model(x))  # deterministic in eval mode
+    torch.manual_seed(0)
+    again = models.create_model(name)  # same seed, same weights, same outputs
+    assert torch.equal(out, again(x))
+    assert not torch.equal(out, models.create_model(name)(x))  # the seed matters
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -64,12 +67,19 @@ def test_checkpoint_round_trip(name, tmp_path):
     assert loaded.checkpoint["note"] == "test"
 
 
-def test_channels_last_and_dtype_do_not_change_predictions():
+def test_channels_last_does_not_change_outputs():
     model = models.create_model("resnet8")
     x = _input(8)
     ref = model(x)
     cl = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(ref, cl, atol=1e-5)
+
+
+def test_checkpoint_with_dotted_stem(tmp_path):
+    model = models.create_model("resnet8")
+    save_checkpoint(model, tmp_path / "r8.v2", factory="resnet8")
+    assert (tmp_path / "r8.v2.json").is_file() and (tmp_path / "r8.v2.safetensors").is_file()
+    assert torch.equal(load_model(tmp_path / "r8.v2.json")(_input()), model(_input()))
 
 
 def test_create_model_errors():

@@ -42,15 +42,18 @@ def test_run_id_is_a_content_hash():
 def test_round_trip_and_resume(tmp_path):
     path = tmp_path / "s.sqlite"
     with Store(path) as st:
-        exec_id, done, complete = st.begin(spec())
-        assert done == set() and not complete
-        st.write_shard(exec_id, shard_result("a", 0, 2))
-    with Store(path) as st:  # a new process resumes the same execution
-        exec_id2, done, complete = st.begin(spec())
-        assert exec_id2 == exec_id and done == {"a"} and not complete
-        st.write_shard(exec_id, shard_result("b", 2, 4))
-        st.complete(exec_id, 2)
+        w1 = st.begin(spec(), provenance={"pid": 1})
+        assert w1.done == set() and not w1.complete
+        st.write_shard(w1, shard_result("a", 0, 2))
+    with Store(path) as st:  # a new process resumes the same execution in a new session
+        w2 = st.begin(spec(), provenance={"pid": 2})
+        assert w2.exec_id == w1.exec_id and w2.session_id != w1.session_id
+        assert w2.done == {"a"} and not w2.complete
+        st.write_shard(w2, shard_result("b", 2, 4))
+        st.complete(w2, 2)
         df = st.to_frame()
+        sessions = dict(st._conn.execute("SELECT shard_key, session_id FROM shards"))
+        assert sessions == {"a": w1.session_id, "b": w2.session_id}
     assert df["example"].tolist() == [0, 1, 2, 3]
     assert df["correct"].tolist() == [True, False, False, True]
     assert df["pred"].tolist() == [0, 7, 4, 1] and df["loss"].tolist() == [0.0, 0.5, 1.0, 1.5]
@@ -58,6 +61,7 @@ def test_round_trip_and_resume(tmp_path):
     with Store(path, readonly=True) as st:
         (run,) = st.runs()
         assert run["complete"] and run["n"] == 4 and run["n_correct"] == 2
+        assert run["sessions"] == [{"pid": 1}, {"pid": 2}]
         assert st.find_run(run["run_id"][:6])["run_id"] == run["run_id"]
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -66,24 +70,36 @@ def test_round_trip_and_resume(tmp_path):
 
 def test_force_appends_a_new_execution(tmp_path):
     with Store(tmp_path / "s.sqlite") as st:
-        e1, _, _ = st.begin(spec())
-        st.write_shard(e1, shard_result("a", 0, 2))
-        e2, done, _ = st.begin(spec(), force=True)
-        assert e2 != e1 and done == set()
+        w1 = st.begin(spec())
+        st.write_shard(w1, shard_result("a", 0, 2))
+        w2 = st.begin(spec(), force=True)
+        assert w2.exec_id != w1.exec_id and w2.done == set()
         assert st.to_frame().empty  # readers see the latest execution only
-        st.write_shard(e2, shard_result("a", 0, 2))
+        st.write_shard(w2, shard_result("a", 0, 2))
         assert len(st.to_frame()) == 2
         n_rows = st._conn.execute("SELECT COUNT(*) FROM examples").fetchone()[0]
         assert n_rows == 4  # nothing was deleted
 
 
-def test_duplicate_shard_is_rejected_not_overwritten(tmp_path):
+def test_duplicate_shard_keeps_the_first_copy(tmp_path):
+    """Two processes on the same spec: the second copy of a shard is dropped, not merged."""
     with Store(tmp_path / "s.sqlite") as st:
-        e, _, _ = st.begin(spec())
-        st.write_shard(e, shard_result("a", 0, 2))
-        with pytest.raises(sqlite3.IntegrityError):
-            st.write_shard(e, shard_result("a", 0, 2))
-        assert len(st.to_frame()) == 2
+        w = st.begin(spec())
+        assert st.write_shard(w, shard_result("a", 0, 2))
+        other = ShardResult(Shard("a", {"condition": "clean"}, 0, 2),
+                            (ExampleResult(0, 0, 9, False, 9.0),), wall_s=0.1)
+        assert not st.write_shard(w, other)
+        df = st.to_frame()
+        assert df["pred"].tolist() == [0, 7] and len(df) == 2
+
+
+def test_non_finite_loss_is_stored_as_missing(tmp_path):
+    with Store(tmp_path / "s.sqlite") as st:
+        w = st.begin(spec())
+        ex = (ExampleResult(0, 1, 1, True, float("nan")), ExampleResult(1, 2, 3, False, 2.0))
+        st.write_shard(w, ShardResult(Shard("a", {"condition": "clean"}, 0, 2), ex, wall_s=0.1))
+        df = st.to_frame()
+    assert df["loss"].isna().tolist() == [True, False] and df["correct"].tolist() == [True, False]
 
 
 def test_bad_store_files(tmp_path):
@@ -101,12 +117,33 @@ def test_bad_store_files(tmp_path):
     con.close()
     with pytest.raises(HarnessError, match="not a harness store"):
         Store(other)
+    versioned = tmp_path / "versioned.sqlite"  # foreign file that happens to set user_version
+    con = sqlite3.connect(versioned)
+    con.execute("CREATE TABLE runs(x)")
+    con.execute("PRAGMA user_version=1")
+    con.close()
+    before = versioned.read_bytes()
+    with pytest.raises(HarnessError, match="not a harness store"):
+        Store(versioned)
+    assert versioned.read_bytes() == before
     newer = tmp_path / "newer.sqlite"
+    Store(newer).close()
     con = sqlite3.connect(newer)
     con.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     con.close()
     with pytest.raises(HarnessError, match="newer than this harness"):
         Store(newer)
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    with pytest.raises(HarnessError, match="empty, not a harness store"):
+        Store(empty, readonly=True)
+    with pytest.raises(HarnessError, match="is a directory"):
+        Store(tmp_path)
+    odd = tmp_path / "we?ird #dir%"
+    odd.mkdir()
+    Store(odd / "s.sqlite").close()
+    with Store(odd / "s.sqlite", readonly=True) as st:  # the read-only URI is escaped
+        assert st.runs() == []
     with pytest.raises(HarnessError, match="directory .* does not exist"):
         Store(tmp_path / "no" / "s.sqlite")
 

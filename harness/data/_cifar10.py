@@ -96,8 +96,11 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     if not path.is_dir():
         raise HarnessError(f"{origin} {str(path)!r} is not a directory")
     for candidate in (path, path / BATCH_DIR):
-        if (candidate / "batches.meta").exists() or (candidate / "test_batch").exists():
-            return candidate
+        try:
+            if (candidate / "batches.meta").exists() or (candidate / "test_batch").exists():
+                return candidate
+        except OSError as exc:  # e.g. a directory the user may not search
+            raise HarnessError(f"{origin} {str(path)!r}: {exc.strerror}") from None
     raise HarnessError(
         f"{origin} {str(path)!r} holds no CIFAR-10 data: expected {BATCH_DIR}/test_batch "
         "(the official python pickles) inside it"
@@ -133,6 +136,8 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             f"CIFAR-10 file {str(path)!r}: {labels.shape[0] if labels.ndim else 0} labels "
             f"for {data.shape[0]} images"
         )
+    if labels.size == 0:
+        raise HarnessError(f"CIFAR-10 file {str(path)!r} holds no images")
     if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() > 9:
         raise HarnessError(f"CIFAR-10 file {str(path)!r}: labels must be integers in 0..9")
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
