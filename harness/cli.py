@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", required=True, help="registry name")
     train.add_argument("--out", required=True, help="checkpoint path without suffix")
     train.add_argument("--data-dir", help="folder with cifar-10-batches-py (or $HARNESS_DATA)")
-    train.add_argument("--epochs", type=_positive_int, default=40)
+    train.add_argument("--epochs", type=_positive_int, default=50)
     train.add_argument("--batch-size", type=_positive_int, default=256)
     train.add_argument("--lr", type=float, default=0.2)
     train.add_argument("--seed", type=int, default=0)
@@ -138,11 +138,9 @@ def cmd_run(args) -> int:
         lm.module.to(dtype=getattr(torch, args.dtype))
         probe_model(lm.module, lm.name, data.head(args.n), device=device,
                     dtype=getattr(torch, args.dtype))
-    store = Store(args.store or _default_store())
     err = _console(stderr=True)
-    outcomes = []
-    for lm in loaded:
-        outcomes.append(_run_one(lm, suite, data, store, args, device, err))
+    with Store(args.store or _default_store()) as store:
+        outcomes = [_run_one(lm, suite, data, store, args, device, err) for lm in loaded]
     n = outcomes[0].spec.params["n"]
     table = Table(title=f"suite {suite} | data {outcomes[0].spec.data} | n = {n} examples | "
                         f"seed {args.seed} | {args.dtype} on {device}")
@@ -156,7 +154,6 @@ def cmd_run(args) -> int:
                           _pct(row.accuracy), f"{o.shards_computed}/{o.shards_total}",
                           f"{o.wall_s:.1f}", o.run_id[:12])
     _console().print(table)
-    store.close()
     return 0
 
 

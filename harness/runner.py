@@ -283,7 +283,7 @@ def run_suite(
     params = suite_obj.params(n=len(data), shard_size=shard_size)
     spec = RunSpec(
         model=model.name, model_fingerprint=model.fingerprint, suite=suite_name, params=params,
-        data=data.source if data.source == "bundled-sample" else Path(data.source).name,
+        data=data.name,
         data_fingerprint=data.fingerprint, seed=seed, dtype=dtype,
         harness_version=harness.__version__,
     )

@@ -35,7 +35,7 @@ from torch import nn
 class TrainRecipe:
     """Hyper-parameters of the recipe (all stored in the checkpoint metadata)."""
 
-    epochs: int = 40
+    epochs: int = 50
     batch_size: int = 256
     lr: float = 0.2
     momentum: float = 0.9
@@ -221,6 +221,7 @@ def _model_card(meta: dict) -> str:
         f"- Training data: {meta['data']['train_n']:,} images from `{meta['data']['source']}`, "
         f"sha256 `{meta['data']['train_fingerprint']}`; test fingerprint "
         f"`{meta['data']['test_fingerprint']}`.",
+        *([f"- Data note: {meta['data']['note']}"] if meta["data"].get("note") else []),
         f"- Weights: `{meta['weights_file']}`, sha256 `{meta['sha256']}`.",
         "",
         "Per-epoch log (EMA accuracy on the test split):",
@@ -231,8 +232,11 @@ def _model_card(meta: dict) -> str:
     for h in hist:
         acc = f"{100 * h['eval_acc_ema']:.2f} %" if "eval_acc_ema" in h else "-"
         lines.append(f"| {h['epoch']} | {h['train_loss']:.4f} | {acc} | {h['elapsed_s']} |")
-    lines += ["", "Reproduce: `python -m harness train --model "
-              f"{meta['factory']} --epochs {rec['epochs']} --data-dir DATA --out STEM`.", ""]
+    flags = (f"--epochs {rec['epochs']} --batch-size {rec['batch_size']} --lr {rec['lr']} "
+             f"--seed {rec['seed']}" + ("" if rec.get("bf16", False) else " --fp32"))
+    lines += ["", f"Reproduce: `python -m harness train --model {meta['factory']} {flags} "
+              "--data-dir DATA --out STEM` (seeded; tests/test_train.py checks that a short run "
+              "of the recipe repeats bit-exactly on one machine).", ""]
     return "\n".join(lines)
 
 

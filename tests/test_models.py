@@ -139,3 +139,22 @@ def test_bundled_weights_are_accurate_on_the_sample(name):
     model = models.create_model(name, pretrained=True)
     acc = evaluate_accuracy(model, torch.from_numpy(ds.images), torch.from_numpy(ds.labels))
     assert acc >= 0.70
+
+
+@pytest.mark.parametrize("act", ["relu", "gelu", "silu"])
+def test_activation_registry_entries(act):
+    from models.activations import ACTIVATIONS, make_activation
+
+    assert act in ACTIVATIONS.names()
+    m = make_activation(act, num_channels=4)
+    x = torch.linspace(-6, 6, 121)
+    y = m(x)
+    assert y.shape == x.shape and torch.all(y[x > 2] > 1.5) and torch.all(y[x < -4].abs() < 0.1)
+    assert make_activation(act, num_channels=4) is not m  # a fresh module per use site
+
+
+def test_unknown_activation_suggests():
+    from models.activations import make_activation
+
+    with pytest.raises(HarnessError, match="unknown activation 'gleu'; did you mean 'gelu'"):
+        make_activation("gleu", num_channels=1)

@@ -59,6 +59,11 @@ class ImageSet:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def name(self) -> str:
+        """Short data name for records: ``bundled-sample`` or ``cifar10-<split>``."""
+        return SAMPLE_NAME if self.source == SAMPLE_NAME else f"cifar10-{self.split}"
+
     def head(self, n: int | None) -> ImageSet:
         """The first ``n`` examples (all when ``n`` is None)."""
         if n is None or n >= len(self):
