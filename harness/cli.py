@@ -238,11 +238,13 @@ def cmd_show(args) -> int:
     path = args.store or _default_store()
     with Store(path, readonly=True) as store:
         run = store.find_run(args.run)
-        frame = store.to_frame([run["run_id"]])
-    if args.examples:
-        out = frame
-    else:
-        out = SUITES.get(run["suite"])().summarize(frame) if run["suite"] in SUITES else frame
+        if args.examples:
+            out = store.to_frame([run["run_id"]])
+        else:
+            suite = SUITES.get(run["suite"])() if run["suite"] in SUITES else None
+            out = (suite.summarize(store, run["run_id"]) if suite is not None
+                   else store.condition_summary(run["run_id"]))
+    if not args.examples:
         out.insert(0, "model", run["model"])
         out.insert(1, "suite", run["suite"])
         out.insert(0, "run_id", run["run_id"])

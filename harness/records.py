@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 SCHEMA_VERSION = 1
 
 
@@ -94,17 +96,48 @@ class ExampleResult:
     loss: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class ShardResult:
-    """What a suite yields for one shard."""
+    """What a suite yields for one shard: per-example outcomes as equal-length columns.
+
+    Columnar (one numpy array per field) rather than one object per example: CIFAR-10-C alone
+    stores 95 conditions x N examples per model, and the columns go to SQLite without a Python
+    object per row. :meth:`rows` gives the :class:`ExampleResult` view.
+    """
 
     shard: Shard
-    examples: tuple[ExampleResult, ...]
+    example: np.ndarray   # int64, positions in the evaluated split
+    label: np.ndarray     # int64
+    pred: np.ndarray      # int64
+    correct: np.ndarray   # bool
+    loss: np.ndarray      # float64, NaN where not finite
     wall_s: float
+
+    def __post_init__(self) -> None:
+        n = len(self.example)
+        if any(len(col) != n for col in (self.label, self.pred, self.correct, self.loss)):
+            raise ValueError("ShardResult columns must have equal length")
+
+    @property
+    def n(self) -> int:
+        return len(self.example)
 
     @property
     def n_correct(self) -> int:
-        return sum(e.correct for e in self.examples)
+        return int(np.count_nonzero(self.correct))
+
+    def rows(self) -> list[ExampleResult]:
+        return [ExampleResult(*r) for r in zip(self.example.tolist(), self.label.tolist(),
+                                               self.pred.tolist(), self.correct.tolist(),
+                                               self.loss.tolist())]
+
+    @classmethod
+    def from_rows(cls, shard: Shard, rows, *, wall_s: float) -> ShardResult:
+        """Build from :class:`ExampleResult` rows (tests, small suites)."""
+        rows = list(rows)
+        col = lambda f, dt: np.array([getattr(r, f) for r in rows], dtype=dt)  # noqa: E731
+        return cls(shard, col("example", np.int64), col("label", np.int64),
+                   col("pred", np.int64), col("correct", bool), col("loss", np.float64), wall_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,7 @@ numerics and no I/O. Jobs are (model, suite, shard); this local executor runs th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -167,6 +168,7 @@ def default_models() -> list[str]:
 
 
 # -- provenance -------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
 def _git_state() -> dict[str, Any]:
     root = Path(__file__).resolve().parents[1]
     try:
@@ -199,7 +201,7 @@ def provenance(*, device: str, dtype: str, batch_size: int) -> dict[str, Any]:
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "pid": os.getpid(),
     }
-    info.update(_git_state())
+    info.update(_git_state())  # cached: one pair of git calls per process
     return info
 
 
@@ -310,6 +312,5 @@ def run_suite(
     if not writer.complete:
         store.complete(writer, len(shards))
     wall = time.perf_counter() - start
-    frame = store.to_frame([spec.run_id])
-    return RunOutcome(spec=spec, run_id=spec.run_id, summary=suite_obj.summarize(frame),
+    return RunOutcome(spec=spec, run_id=spec.run_id, summary=suite_obj.summarize(store, spec.run_id),
                       shards_total=len(shards), shards_computed=len(todo), wall_s=wall)

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from harness.errors import HarnessError
 from harness.records import SCHEMA_VERSION, RunSpec, ShardResult, canonical_json
 
@@ -234,14 +236,16 @@ class Store:
         Returns False (and writes nothing) when another process stored the shard first.
         """
         s = result.shard
-        rows = [(writer.exec_id, s.key, e.example, e.label, e.pred, int(e.correct), e.loss)
-                for e in result.examples]
+        n = result.n
+        rows = zip([writer.exec_id] * n, [s.key] * n, result.example.tolist(),
+                   result.label.tolist(), result.pred.tolist(),
+                   result.correct.astype(np.int64).tolist(), result.loss.tolist())
         with self._tx():
             inserted = self._conn.execute(
                 "INSERT OR IGNORE INTO shards(exec_id, shard_key, session_id, condition_json, "
                 "start, stop, n, n_correct, wall_s, finished_utc) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (writer.exec_id, s.key, writer.session_id, canonical_json(dict(s.condition)),
-                 s.start, s.stop, len(result.examples), result.n_correct, result.wall_s,
+                 s.start, s.stop, n, result.n_correct, result.wall_s,
                  utc_now()),
             ).rowcount
             if inserted:
@@ -295,6 +299,25 @@ class Store:
             raise HarnessError(f"run id {prefix!r} is ambiguous ({len(matches)} runs); "
                                "give more characters")
         return matches[0]
+
+    def condition_summary(self, run_id: str):
+        """Per-condition counts of a run's latest execution, from the shard rows (pandas).
+
+        Columns: one per condition key (e.g. ``condition``), then n, n_correct, accuracy.
+        """
+        import pandas as pd
+
+        rows = self._conn.execute(
+            f"""SELECT s.condition_json, SUM(s.n), SUM(s.n_correct), MIN(s.start)
+                FROM ({self._LATEST}) l JOIN shards s ON s.exec_id = l.exec_id
+                WHERE l.run_id = ? GROUP BY s.condition_json ORDER BY MIN(s.start), s.condition_json
+            """, (run_id,)).fetchall()
+        conds = [json.loads(r[0]) for r in rows]
+        keys = sorted({k for c in conds for k in c})
+        df = pd.DataFrame([{**{k: c.get(k) for k in keys}, "n": r[1], "n_correct": r[2]}
+                           for c, r in zip(conds, rows)], columns=[*keys, "n", "n_correct"])
+        df["accuracy"] = df["n_correct"] / df["n"]
+        return df
 
     def to_frame(self, run_ids: Iterable[str] | None = None):
         """Per-example results of the latest execution of each run as a pandas DataFrame.

@@ -69,6 +69,7 @@ def test_missing_data_dir(tmp_path):
     assert not (tmp_path / "s.sqlite").exists()
 
 
+@pytest.mark.slow
 def test_bad_argument_values(tmp_path):
     one_line_error(run_cli("run", "--suite", "clean", "--n", "0"), r"--n: expected a positive")
     one_line_error(run_cli("run", "--suite", "clean", "--n", "5000"),
@@ -89,6 +90,7 @@ def test_no_weights_for_unbundled_model(tmp_path):
                            str(tmp_path / "s.sqlite")), r"'resnet20' has no bundled weights")
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoint_exit_2_and_store_untouched(tmp_path, ckpt):
     store = tmp_path / "s.sqlite"
     ok = run_cli("run", "--suite", "clean", "--model", "resnet8", "--weights",
@@ -120,6 +122,7 @@ def test_not_a_store_is_left_alone(tmp_path, ckpt):
     assert junk.read_text() == "hello"
 
 
+@pytest.mark.slow
 def test_run_resume_ls_show(tmp_path, ckpt):
     store = str(tmp_path / "s.sqlite")
     args = ["run", "--suite", "clean", "--model", "resnet8", "--weights", f"{ckpt}.json",
@@ -180,6 +183,7 @@ def not_a_module():
 """
 
 
+@pytest.mark.slow
 def test_user_file_factory_with_pt_weights(tmp_path):
     (tmp_path / "user_models.py").write_text(USER_FILE)
     exec(USER_FILE, ns := {})

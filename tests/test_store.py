@@ -27,9 +27,11 @@ def spec(**kw):
 
 
 def shard_result(key, start, stop):
-    ex = tuple(ExampleResult(example=i, label=i % 10, pred=(i * 7) % 10, correct=i % 3 == 0,
-                             loss=0.5 * i) for i in range(start, stop))
-    return ShardResult(Shard(key, {"condition": "clean"}, start, stop), ex, wall_s=0.1)
+    ex = [ExampleResult(example=i, label=i % 10, pred=(i * 7) % 10, correct=i % 3 == 0,
+                        loss=0.5 * i) for i in range(start, stop)]
+    result = ShardResult.from_rows(Shard(key, {"condition": "clean"}, start, stop), ex, wall_s=0.1)
+    assert result.rows() == ex
+    return result
 
 
 def test_run_id_is_a_content_hash():
@@ -62,6 +64,9 @@ def test_round_trip_and_resume(tmp_path):
         (run,) = st.runs()
         assert run["complete"] and run["n"] == 4 and run["n_correct"] == 2
         assert run["sessions"] == [{"pid": 1}, {"pid": 2}]
+        summary = st.condition_summary(run["run_id"])
+        assert summary.to_dict("records") == [
+            {"condition": "clean", "n": 4, "n_correct": 2, "accuracy": 0.5}]
         assert st.find_run(run["run_id"][:6])["run_id"] == run["run_id"]
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
@@ -86,8 +91,8 @@ def test_duplicate_shard_keeps_the_first_copy(tmp_path):
     with Store(tmp_path / "s.sqlite") as st:
         w = st.begin(spec())
         assert st.write_shard(w, shard_result("a", 0, 2))
-        other = ShardResult(Shard("a", {"condition": "clean"}, 0, 2),
-                            (ExampleResult(0, 0, 9, False, 9.0),), wall_s=0.1)
+        other = ShardResult.from_rows(Shard("a", {"condition": "clean"}, 0, 2),
+                                      [ExampleResult(0, 0, 9, False, 9.0)], wall_s=0.1)
         assert not st.write_shard(w, other)
         df = st.to_frame()
         assert df["pred"].tolist() == [0, 7] and len(df) == 2
@@ -97,7 +102,8 @@ def test_non_finite_loss_is_stored_as_missing(tmp_path):
     with Store(tmp_path / "s.sqlite") as st:
         w = st.begin(spec())
         ex = (ExampleResult(0, 1, 1, True, float("nan")), ExampleResult(1, 2, 3, False, 2.0))
-        st.write_shard(w, ShardResult(Shard("a", {"condition": "clean"}, 0, 2), ex, wall_s=0.1))
+        st.write_shard(w, ShardResult.from_rows(Shard("a", {"condition": "clean"}, 0, 2), ex,
+                                                wall_s=0.1))
         df = st.to_frame()
     assert df["loss"].isna().tolist() == [True, False] and df["correct"].tolist() == [True, False]
 

@@ -1,5 +1,6 @@
 """The training recipe: augmentation semantics and a short real run."""
 
+import pytest
 import torch
 
 from models import create_model
@@ -43,6 +44,7 @@ def test_short_training_learns_and_is_reproducible():
     assert summary["steps"] == 24 and len(summary["history"]) == 3
 
 
+@pytest.mark.slow
 def test_train_cli_writes_a_loadable_checkpoint_and_card(tmp_path):
     """`harness train` end to end on a small folder in the official layout."""
     import json

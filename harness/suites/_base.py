@@ -56,13 +56,10 @@ class Suite:
                 yield self.evaluate_shard(model, data, shard, params=params, seed=seed,
                                           device=device, dtype=dtype, batch_size=batch_size)
 
-    def summarize(self, frame) -> Any:
-        """Aggregate a per-example frame of one run into a per-condition table (pandas)."""
-        group = [c for c in ("condition",) if c in frame.columns]
-        if not group:
-            return frame.agg(n=("correct", "size"), accuracy=("correct", "mean"))
-        return (frame.groupby(group, sort=False)["correct"]
-                .agg(n="size", accuracy="mean").reset_index())
+    def summarize(self, store, run_id: str) -> Any:
+        """Per-condition table (pandas) of a stored run: condition columns, n, n_correct,
+        accuracy. Reads the store only; suites with other aggregates override this."""
+        return store.condition_summary(run_id)
 
 
 def contiguous_shards(n: int, shard_size: int, condition: Mapping[str, Any], prefix: str

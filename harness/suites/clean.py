@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.records import ExampleResult, ShardResult
+from harness.records import ShardResult
 from harness.suites._base import SUITES, Suite, contiguous_shards
 
 
@@ -46,11 +47,12 @@ class CleanSuite(Suite):
         x = torch.from_numpy(data.images[shard.start:shard.stop])
         y = torch.from_numpy(data.labels[shard.start:shard.stop])
         pred, loss = predict(model, x, y, device=device, dtype=dtype, batch_size=batch_size)
-        correct = pred == y
-        examples = tuple(
-            ExampleResult(example=shard.start + i, label=int(lab), pred=int(p), correct=bool(c),
-                          loss=float(lo))
-            for i, (lab, p, c, lo) in enumerate(zip(y.tolist(), pred.tolist(), correct.tolist(),
-                                                    loss.tolist()))
+        return ShardResult(
+            shard=shard,
+            example=np.arange(shard.start, shard.stop, dtype=np.int64),
+            label=y.numpy(),
+            pred=pred.numpy(),
+            correct=(pred == y).numpy(),
+            loss=loss.double().numpy(),
+            wall_s=time.perf_counter() - start,
         )
-        return ShardResult(shard=shard, examples=examples, wall_s=time.perf_counter() - start)
