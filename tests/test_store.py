@@ -231,6 +231,9 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path, cifar_dir):
     assert proc.returncode == -signal.SIGKILL
     before = _shard_rows(killed)
     assert 4 <= len(before) < 16, "the kill must land mid-run"
+    with Store(killed, readonly=True) as st:  # `harness ls runs` after a crash
+        (partial,) = st.runs()
+        assert not partial["complete"] and partial["n_shards"] == len(before)
 
     out = subprocess.run([sys.executable, str(script), str(killed), str(cifar_dir), "0"],
                          capture_output=True, text=True, check=True)
