@@ -152,11 +152,12 @@ def resolve_model(ref: str, *, weights: str | None = None, device: str = "cpu") 
     if weights is not None:
         wpath = Path(weights).expanduser()
         if wpath.suffix == ".json":
-            _, state, wpath = read_checkpoint(wpath)
+            meta, state, wpath = read_checkpoint(wpath)  # sha256-verified against its metadata
+            identity["weights_sha256"] = meta["sha256"]
         else:
             state = read_state_dict(wpath)
+            identity["weights_sha256"] = sha256_file(wpath)
         load_state_into(module, state, source=str(wpath))
-        identity["weights_sha256"] = sha256_file(wpath)
     return LoadedModel(name=name, module=module.to(device).eval(), identity=identity)
 
 
