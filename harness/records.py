@@ -1,4 +1,4 @@
-"""The records that cross module boundaries: run specs, per-example results, metrics.
+"""The records that cross module boundaries: run specs, shards and per-example results.
 
 Frozen, slotted dataclasses; suites produce them, the store persists them, reports read them.
 A run is identified by :meth:`RunSpec.run_id`, a content hash of everything that determines its
@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -21,13 +21,7 @@ SCHEMA_VERSION = 1
 
 def canonical_json(obj: Any) -> str:
     """Deterministic JSON (sorted keys, no spaces): the input of every content hash."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=_default)
-
-
-def _default(obj: Any) -> Any:
-    if isinstance(obj, tuple):
-        return list(obj)
-    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,14 +132,3 @@ class ShardResult:
         col = lambda f, dt: np.array([getattr(r, f) for r in rows], dtype=dt)  # noqa: E731
         return cls(shard, col("example", np.int64), col("label", np.int64),
                    col("pred", np.int64), col("correct", bool), col("loss", np.float64), wall_s)
-
-
-@dataclass(frozen=True, slots=True)
-class MetricResult:
-    """An aggregate metric (fractions in [0, 1], never percentages)."""
-
-    name: str
-    value: float
-    n: int
-    higher_is_better: bool
-    condition: Mapping[str, Any] = field(default_factory=dict)
