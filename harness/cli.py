@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", help="folder with cifar-10-batches-py (or $HARNESS_DATA)")
     train.add_argument("--epochs", type=_positive_int, default=50)
     train.add_argument("--batch-size", type=_positive_int, default=256)
-    train.add_argument("--lr", type=float, default=0.2)
+    train.add_argument("--lr", type=float, default=0.4)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     train.add_argument("--device", default="cpu")

@@ -37,7 +37,7 @@ class TrainRecipe:
 
     epochs: int = 50
     batch_size: int = 256
-    lr: float = 0.2
+    lr: float = 0.4
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
