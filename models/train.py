@@ -35,9 +35,9 @@ from torch import nn
 class TrainRecipe:
     """Hyper-parameters of the recipe (all stored in the checkpoint metadata)."""
 
-    epochs: int = 50
+    epochs: int = 55
     batch_size: int = 256
-    lr: float = 0.4
+    lr: float = 0.6
     momentum: float = 0.9
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
