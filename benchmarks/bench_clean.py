@@ -12,8 +12,9 @@ ratio harness / raw (goal >= 0.95).
 Usage: python benchmarks/bench_clean.py [--data-dir DIR] [--n N] [--batch-size B] [--rounds R]
 Measured 2026-11-28/29 on the 2-vCPU dev VM (torch 2.14.1, CPU), full 10,000-image test split,
 batch 250, 10 rounds. With 2 threads the VM's speed swings between ~4,000 and ~8,000 images/s
-within minutes and five runs gave paired ratios 0.984, 0.979, 0.873, 1.002 (and 0.88 before the
-harness side was warmed up); with --threads 1, which is steadier, 0.971, 0.971, 0.973.
+within minutes; four runs gave paired ratios 0.984, 0.979, 0.873, 1.002 (0.916 and 0.879
+before the harness side was warmed up too); with --threads 1, which is steadier, four runs gave
+0.978, 0.970, 0.971, 0.973.
 Instrumented, the harness adds ~18 ms of SQLite writes and ~10 ms of bookkeeping per 10,000
 images on top of the same forward passes.
 """
