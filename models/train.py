@@ -87,16 +87,16 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
             e.copy_(m)
 
 
-@torch.inference_mode()
 def evaluate_accuracy(model: nn.Module, images_u8: torch.Tensor, labels: torch.Tensor, *,
                       batch_size: int = 1000, device: str = "cpu") -> float:
-    """Top-1 accuracy of ``model`` on uint8 images (N,3,32,32)."""
+    """Top-1 accuracy of ``model`` on uint8 images (N,3,32,32), with the clean suite's
+    prediction loop, so training monitors exactly what ``harness run --suite clean`` measures."""
+    from harness.suites.clean import predict
+
     model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    for xb, yb in zip(images_u8.split(batch_size), labels.split(batch_size)):
-        xb = xb.to(device).float().div_(255).contiguous(memory_format=torch.channels_last)
-        correct += (model(xb).argmax(1) == yb.to(device)).sum()
-    return correct.item() / len(labels)
+    pred, _ = predict(model, images_u8, labels, device=device, dtype=torch.float32,
+                      batch_size=batch_size)
+    return (pred == labels).sum().item() / len(labels)
 
 
 def train(
