@@ -89,10 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", required=True, help="registry name")
     train.add_argument("--out", required=True, help="checkpoint path without suffix")
     train.add_argument("--data-dir", help="folder with cifar-10-batches-py (or $HARNESS_DATA)")
-    train.add_argument("--epochs", type=_positive_int, default=55)
-    train.add_argument("--batch-size", type=_positive_int, default=256)
-    train.add_argument("--lr", type=float, default=0.6)
-    train.add_argument("--seed", type=int, default=0)
+    # Recipe options default to None: TrainRecipe (models/train.py) holds the one set of defaults
+    # (importing it here would import torch for --help).
+    train.add_argument("--epochs", type=_positive_int, help="default: the recipe's (55)")
+    train.add_argument("--batch-size", type=_positive_int, help="default: the recipe's (256)")
+    train.add_argument("--lr", type=float, help="peak learning rate; default: the recipe's (0.6)")
+    train.add_argument("--seed", type=int, help="default: the recipe's (0)")
     train.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     train.add_argument("--device", default="cpu")
     train.add_argument("--quiet", action="store_true")
@@ -114,11 +116,10 @@ def _pct(x: float) -> str:
 
 
 def cmd_run(args) -> int:
-    import torch
     from rich.table import Table
 
     from harness.data import load_cifar10_arrays
-    from harness.runner import check_device, default_models, probe_model, resolve_model
+    from harness.runner import check_device, default_models, prepare_model, resolve_model
     from harness.store import Store
     from harness.suites import SUITES
 
@@ -133,11 +134,9 @@ def cmd_run(args) -> int:
     # Resolve every model before opening the store: a bad name must not leave a new store.
     loaded = [resolve_model(ref, weights=args.weights, device=device) for ref in refs]
     for lm in loaded:
-        # Probe in the evaluation dtype before the store is opened: a model that cannot run
-        # must not leave a new store behind.
-        lm.module.to(dtype=getattr(torch, args.dtype))
-        probe_model(lm.module, lm.name, data.head(args.n), device=device,
-                    dtype=getattr(torch, args.dtype))
+        # Prepare and probe before the store is opened: a model that cannot run must not leave
+        # a new store behind.
+        prepare_model(lm, data.head(args.n), device=device, dtype=args.dtype)
     err = _console(stderr=True)
     with Store(args.store or _default_store()) as store:
         outcomes = [_run_one(lm, suite, data, store, args, device, err) for lm in loaded]
@@ -290,8 +289,8 @@ def cmd_train(args) -> int:
         raise HarnessError(f"--out: directory {out_dir!r} does not exist")
     if not os.access(out_dir, os.W_OK):
         raise HarnessError(f"--out: directory {out_dir!r} is not writable")
-    recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         bf16=not args.fp32)
+    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    recipe = TrainRecipe(**{k: v for k, v in given.items() if v is not None}, bf16=not args.fp32)
     err = _console(stderr=True)
     progress = Progress(TextColumn(f"train {name}"), BarColumn(), TextColumn("{task.completed}/"
                         "{task.total} steps"), TimeElapsedColumn(), TextColumn("ETA"),

@@ -223,7 +223,26 @@ def check_device(device: str) -> str:
     return str(dev)
 
 
-def probe_model(module, name: str, data, *, device: str, dtype) -> None:
+def prepare_model(model: LoadedModel, data, *, device: str, dtype: str):
+    """Put the model on ``device`` in ``dtype``, channels_last and eval mode, and probe it on
+    the first examples of ``data``; returns the module. Idempotent, so the CLI can call it
+    before opening the store and :func:`run_suite` again without cost.
+
+    Raises:
+        HarnessError: unknown dtype, or the model cannot classify the probe batch.
+    """
+    import torch
+
+    if dtype not in DTYPES:
+        raise HarnessError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    torch_dtype = getattr(torch, dtype)
+    module = model.module.to(device=device, dtype=torch_dtype, memory_format=torch.channels_last)
+    module.eval()
+    _probe(module, model.name, data, device=device, dtype=torch_dtype)
+    return module
+
+
+def _probe(module, name: str, data, *, device: str, dtype) -> None:
     """Fail before touching the store when the model cannot classify two examples."""
     import torch
 
@@ -276,8 +295,6 @@ def run_suite(
     import harness
     from harness.suites import SUITES
 
-    if dtype not in DTYPES:
-        raise HarnessError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if batch_size < 1:
         raise HarnessError(f"--batch-size must be at least 1, got {batch_size}")
     suite_name = SUITES.resolve(suite)
@@ -290,10 +307,8 @@ def run_suite(
         data_fingerprint=data.fingerprint, seed=seed, dtype=dtype,
         harness_version=harness.__version__,
     )
+    module = prepare_model(model, data, device=device, dtype=dtype)
     torch_dtype = getattr(torch, dtype)
-    module = model.module.to(device=device, dtype=torch_dtype, memory_format=torch.channels_last)
-    module.eval()
-    probe_model(module, model.name, data, device=device, dtype=torch_dtype)
     writer = store.begin(
         spec, force=force,
         provenance={**provenance(device=device, dtype=dtype, batch_size=batch_size),
