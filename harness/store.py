@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -93,7 +94,7 @@ CREATE TABLE IF NOT EXISTS completions (
 """
 
 
-_TABLES = {"runs", "executions", "sessions", "shards", "examples", "completions"}
+_TABLES = set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
 
 
 def utc_now() -> str:
