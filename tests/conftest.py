@@ -10,6 +10,7 @@ states its data source explicitly (the bundled sample unless ``data_dir`` is pas
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -43,12 +44,13 @@ def cifar_dir() -> Path:
     return CACHE
 
 
-@pytest.fixture(scope="session")
-def trained_resnet8():
-    """The bundled ResNet-8 with its weights (skips if the checkpoint is not bundled yet)."""
-    import models
-
-    return models.create_model("resnet8", pretrained=True)
+def write_batch(path: Path, data, labels, *, bytes_keys: bool = False) -> None:
+    """One batch file in the official pickle layout (bytes keys like the Python 2 release)."""
+    d = {"data": data, "labels": list(labels), "batch_label": "test"}
+    if bytes_keys:
+        d = {k.encode(): v for k, v in d.items()}
+    with open(path, "wb") as f:
+        pickle.dump(d, f, protocol=2)
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,

@@ -4,16 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_batch
 from harness.data import CLASSES, fingerprint, load_cifar10, load_cifar10_arrays, load_sample
 from harness.errors import HarnessError
-
-
-def write_batch(path, data, labels, *, bytes_keys=False):
-    d = {"data": data, "labels": list(labels), "batch_label": "test"}
-    if bytes_keys:
-        d = {k.encode(): v for k, v in d.items()}
-    with open(path, "wb") as f:
-        pickle.dump(d, f, protocol=2)
 
 
 @pytest.fixture

@@ -48,9 +48,8 @@ def test_short_training_learns_and_is_reproducible():
 def test_train_cli_writes_a_loadable_checkpoint_and_card(tmp_path):
     """`harness train` end to end on a small folder in the official layout."""
     import json
-    import pickle
 
-    from conftest import run_cli
+    from conftest import run_cli, write_batch
     from harness.data import load_sample
 
     s = load_sample()
@@ -58,11 +57,9 @@ def test_train_cli_writes_a_loadable_checkpoint_and_card(tmp_path):
     root.mkdir()
     flat = s.images.reshape(1000, -1)
     for b in range(5):  # 5 train batches of 160 images, test batch of the last 200
-        with open(root / f"data_batch_{b + 1}", "wb") as f:
-            pickle.dump({b"data": flat[b * 160:(b + 1) * 160],
-                         b"labels": s.labels[b * 160:(b + 1) * 160].tolist()}, f)
-    with open(root / "test_batch", "wb") as f:
-        pickle.dump({b"data": flat[800:], b"labels": s.labels[800:].tolist()}, f)
+        sl = slice(b * 160, (b + 1) * 160)
+        write_batch(root / f"data_batch_{b + 1}", flat[sl], s.labels[sl], bytes_keys=True)
+    write_batch(root / "test_batch", flat[800:], s.labels[800:], bytes_keys=True)
     out = tmp_path / "ck" / "r8"
     out.parent.mkdir()
     proc = run_cli("train", "--model", "resnet8", "--epochs", "2", "--batch-size", "100",
