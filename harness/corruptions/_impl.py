@@ -1,0 +1,338 @@
+"""The 19 CIFAR-10-C corruptions as batched torch functions with the CIFAR parameters of
+hendrycks/robustness ``ImageNet-C/create_c/make_cifar_c.py``.
+
+Each function takes uint8 images (N, 3, 32, 32) on any device, the severity's parameters and an
+:class:`ExampleRNG`, and returns uint8 images quantised as the release was: clip to [0, 1],
+multiply by 255 and truncate (``np.uint8``), except where the original's last step is an 8-bit
+image library (PIL for jpeg/pixelate, ImageMagick for motion_blur), which rounds.
+
+Arithmetic is float64, as the original's ``x / 255.``; the operations that the original runs
+in float32 (zoom_blur, snow's image) are rounded to float32 at the same points.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from harness.corruptions import _ops as ops
+from harness.corruptions._jpeg import jpeg_roundtrip
+from harness.corruptions._rng import ExampleRNG
+
+F64 = torch.float64
+
+
+def to_unit(x_u8: torch.Tensor, dtype=F64) -> torch.Tensor:
+    return x_u8.to(dtype) / 255.0
+
+
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] floats -> uint8 as the release: clip, x255, truncate."""
+    return (x.clamp(0, 1) * 255).to(torch.uint8)
+
+
+def _dev(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.to(like.device, like.dtype)
+
+
+# -- noise -------------------------------------------------------------------------------------
+def gaussian_noise(x_u8, c, rng: ExampleRNG):
+    x = to_unit(x_u8)
+    return quantize(x + _dev(rng.normal(*x.shape[1:], scale=c), x))
+
+
+def shot_noise(x_u8, c, rng: ExampleRNG):
+    x = to_unit(x_u8)
+    return quantize(_dev(rng.poisson(x * c), x) / c)
+
+
+def impulse_noise(x_u8, c, rng: ExampleRNG):
+    """skimage ``random_noise(mode='s&p', amount=c)``: each value is flipped with probability
+    c, to 1 or 0 with equal odds."""
+    x = to_unit(x_u8)
+    flipped = _dev(rng.uniform(*x.shape[1:]), x) < c
+    salted = _dev(rng.uniform(*x.shape[1:]), x) < 0.5
+    x = torch.where(flipped & salted, torch.ones_like(x), x)
+    x = torch.where(flipped & ~salted, torch.zeros_like(x), x)
+    return quantize(x)
+
+
+def speckle_noise(x_u8, c, rng: ExampleRNG):
+    x = to_unit(x_u8)
+    return quantize(x + x * _dev(rng.normal(*x.shape[1:], scale=c), x))
+
+
+# -- blur --------------------------------------------------------------------------------------
+def gaussian_blur(x_u8, c, rng=None):
+    return quantize(ops.gaussian_filter(to_unit(x_u8), c, mode="nearest"))
+
+
+def glass_blur(x_u8, c, rng: ExampleRNG):
+    """Gaussian blur, local pixel moves, Gaussian blur.
+
+    The original's ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` on numpy views copies rather than
+    swaps, and because the scan runs from (31, 31) down while sources lie up/left, every copy
+    reads a pixel the scan has not reached yet: one iteration is the parallel gather
+    ``x[h, w] <- x[h + dy, w + dx]`` for h, w in 2..31, with dx, dy uniform in {-1, 0}.
+    """
+    sigma, delta, iters = c
+    n, _, hgt, wid = x_u8.shape
+    x = ops.gaussian_filter(to_unit(x_u8), sigma, mode="nearest")
+    x = (x * 255).to(torch.uint8)
+    lo, hi = delta + 1, hgt - delta  # positions visited: h, w in [delta + 1, size - delta)
+    span = hi - lo
+    # Draw order of the original: for each iteration, for h, w descending: (dx, dy).
+    offs = rng.integers(-delta, delta, iters, span, span, 2).to(x.device)
+    offs = offs.flip(2, 3)  # index [i, h - lo, w - lo] in ascending order
+    rows = torch.arange(hgt, device=x.device).view(1, hgt, 1).expand(n, hgt, wid)
+    cols = torch.arange(wid, device=x.device).view(1, 1, wid).expand(n, hgt, wid)
+    for i in range(iters):
+        src_r = rows.clone()
+        src_c = cols.clone()
+        src_r[:, lo:hi, lo:hi] += offs[:, i, :, :, 1]
+        src_c[:, lo:hi, lo:hi] += offs[:, i, :, :, 0]
+        idx = (src_r * wid + src_c).reshape(n, 1, -1).expand(n, 3, -1)
+        x = x.reshape(n, 3, -1).gather(2, idx).reshape(n, 3, hgt, wid)
+    return quantize(ops.gaussian_filter(to_unit(x), sigma, mode="nearest"))
+
+
+def _disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
+    """``disk()``: normalised aliased disk on the -8..8 grid, smoothed by a 3x3 Gaussian
+    (cv2.GaussianBlur, reflect-101 border), float32 as the original."""
+    size = np.arange(-8, 9) if radius <= 8 else np.arange(-radius, radius + 1)
+    xx, yy = np.meshgrid(size, size)
+    disk = ((xx**2 + yy**2) <= radius**2).astype(np.float32)
+    disk /= disk.sum()
+    ksize = 3 if radius <= 8 else 5
+    t = np.arange(ksize, dtype=np.float64) - (ksize - 1) / 2
+    g = np.exp(-(t**2) / (2 * alias_blur**2))
+    g /= g.sum()
+    k = torch.from_numpy(disk).to(F64).view(1, 1, *disk.shape)
+    w = torch.from_numpy(g)
+    k = ops.correlate1d(ops.correlate1d(k, w, -2, "mirror"), w, -1, "mirror")
+    return k[0, 0].to(torch.float32)
+
+
+def defocus_blur(x_u8, c, rng=None):
+    kernel = _disk_kernel(*c).to(x_u8.device)
+    return quantize(ops.correlate2d(to_unit(x_u8), kernel, "mirror"))
+
+
+def motion_blur(x_u8, c, rng: ExampleRNG):
+    radius, sigma = c
+    angle = rng.uniform(low=-45.0, high=45.0).to(x_u8.device)
+    return ops.motion_blur(x_u8.to(F64), radius, sigma, angle).to(torch.uint8)
+
+
+def _zoom_factors(severity_stop: float) -> list[float]:
+    return [float(z) for z in np.arange(1, severity_stop, 0.01)]
+
+
+def zoom_blur(x_u8, c, rng=None):
+    x = to_unit(x_u8, torch.float32)
+    out = torch.zeros_like(x)
+    for z in _zoom_factors(c):
+        a = torch.from_numpy(ops.zoom_matrix(x.shape[-1], z)).to(x.device)
+        out += ops.apply_separable(x.to(F64), a, a).to(torch.float32)
+    x = (x + out) / (len(_zoom_factors(c)) + 1)
+    return quantize(x)
+
+
+# -- weather -----------------------------------------------------------------------------------
+def snow(x_u8, c, rng: ExampleRNG):
+    loc, scale, zoom, threshold, radius, sigma, blend = c
+    n, _, h, w = x_u8.shape
+    x = to_unit(x_u8, torch.float32)
+    layer = rng.normal(h, w, loc=loc, scale=scale).to(x.device).unsqueeze(1)  # (N,1,H,W) f64
+    a = torch.from_numpy(ops.zoom_matrix(h, zoom)).to(x.device)
+    layer = ops.apply_separable(layer, a, a)
+    layer = torch.where(layer < threshold, torch.zeros_like(layer), layer)
+    layer = (layer.clamp(0, 1) * 255).to(torch.uint8).to(F64)
+    angle = rng.uniform(low=-135.0, high=-45.0).to(x.device)
+    layer = (ops.motion_blur(layer, radius, sigma, angle) / 255.0).to(torch.float32)
+    gray = ops.rgb_to_gray(x)
+    x = blend * x + (1 - blend) * torch.maximum(x, gray * 1.5 + 0.5)
+    return quantize(x + layer + layer.flip(-1, -2))
+
+
+# Frost photographs are not redistributable, so frost uses a seeded procedural texture whose
+# per-photo statistics were measured on the five photographs make_cifar_c.py draws from
+# (frost1..5, downscaled x0.2 as the original, 200 random 32x32 crops each): mean RGB, mean
+# within-crop std of the grey level, std of the crop means, lag-1 autocorrelation.
+FROST_STYLES = (
+    ((76.9, 148.2, 164.7), 14.2, 10.2, 0.51),
+    ((198.1, 202.5, 211.8), 18.1, 9.0, 0.37),
+    ((198.1, 202.5, 211.8), 18.1, 9.0, 0.37),
+    ((142.7, 157.4, 170.1), 25.9, 10.6, 0.23),
+    ((102.4, 113.8, 125.5), 34.5, 16.2, 0.33),
+)
+
+
+def frost_texture(rng: ExampleRNG, h: int, w: int) -> torch.Tensor:
+    """(N, 3, H, W) float64 textures in 0..255: a Gaussian random field with the chosen
+    style's mean colour, contrast, crop-to-crop variation and lag-1 autocorrelation."""
+    style = rng.integers(0, len(FROST_STYLES))
+    offset = rng.normal()
+    noise = rng.normal(1, h, w)
+    out = torch.empty(len(rng), 3, h, w, dtype=F64)
+    for s, (mean_rgb, within, between, ac1) in enumerate(FROST_STYLES):
+        sel = style == s
+        if not sel.any():
+            continue
+        # Gaussian smoothing with sigma gives lag-1 correlation exp(-1 / (4 sigma^2)).
+        sigma = (1 / (4 * -np.log(ac1))) ** 0.5
+        field = ops.gaussian_filter(noise[sel], sigma, mode="reflect")
+        wts = np.asarray(ops.scipy_gaussian_weights(sigma))
+        field = field / float((wts**2).sum())  # unit variance: 2-D gain is sum(w^2) per axis
+        mean = torch.tensor(mean_rgb, dtype=F64)
+        gray = mean.mean()
+        level = gray + between * offset[sel].view(-1, 1, 1, 1) + within * field
+        out[sel] = (level * (mean / gray).view(1, 3, 1, 1)).clamp(0, 255)
+    return out
+
+
+def frost(x_u8, c, rng: ExampleRNG):
+    img_w, frost_w = c
+    tex = frost_texture(rng, *x_u8.shape[-2:]).to(x_u8.device)
+    return (img_w * x_u8.to(F64) + frost_w * tex).clamp(0, 255).to(torch.uint8)
+
+
+def plasma_fractal(rng: ExampleRNG, mapsize: int = 32, wibbledecay: float = 3.0) -> torch.Tensor:
+    """Batched diamond-square heightmap of ``plasma_fractal`` (N, mapsize, mapsize) in [0, 1],
+    with the original's noise amplitude ``wibble * U(-wibble, wibble)``."""
+    n = len(rng)
+    counts = []
+    step = mapsize
+    while step >= 2:
+        counts += [(mapsize // step) ** 2] * 3
+        step //= 2
+    draws = rng.uniform(sum(counts), low=-1.0, high=1.0)
+    m = torch.zeros(n, mapsize, mapsize, dtype=F64)
+    pos = 0
+
+    def wibbled(arr, wibble):
+        nonlocal pos
+        k = arr[0].numel()
+        u = draws[:, pos:pos + k].view(arr.shape)
+        pos += k
+        return arr / 4 + wibble * (wibble * u)
+
+    step, wibble = mapsize, 100.0
+    while step >= 2:
+        half = step // 2
+        corner = m[:, 0::step, 0::step]
+        acc = corner + corner.roll(-1, 1)
+        acc = acc + acc.roll(-1, 2)
+        m[:, half::step, half::step] = wibbled(acc, wibble)
+        dr = m[:, half::step, half::step]
+        ul = m[:, 0::step, 0::step]
+        lt = dr + dr.roll(1, 1) + ul + ul.roll(-1, 2)
+        m[:, 0::step, half::step] = wibbled(lt, wibble)
+        tt = dr + dr.roll(1, 2) + ul + ul.roll(-1, 1)
+        m[:, half::step, 0::step] = wibbled(tt, wibble)
+        step //= 2
+        wibble /= wibbledecay
+    m = m - m.amin((1, 2), keepdim=True)
+    return m / m.amax((1, 2), keepdim=True)
+
+
+def fog(x_u8, c, rng: ExampleRNG):
+    strength, decay = c
+    x = to_unit(x_u8)
+    max_val = x.amax((1, 2, 3), keepdim=True)
+    x = x + strength * plasma_fractal(rng, 32, decay).to(x.device)[:, :x.shape[-2], :x.shape[-1]].unsqueeze(1)
+    return quantize(x * max_val / (max_val + strength))
+
+
+def spatter(x_u8, c, rng: ExampleRNG):
+    """Water (mode 0) or mud (mode 1) blobs. The water branch's OpenCV chain (Canny, L2
+    distance transform with the 5x5 mask, box blurs, histogram equalisation, emboss filter) is
+    re-implemented in :mod:`harness.corruptions._spatter`."""
+    from harness.corruptions._spatter import water_mask
+
+    loc, scale, sigma, threshold, mix, mode = c
+    n, _, h, w = x_u8.shape
+    x = to_unit(x_u8, torch.float32).to(F64)
+    liquid = rng.normal(h, w, loc=loc, scale=scale).to(x.device).unsqueeze(1)
+    liquid = ops.gaussian_filter(liquid, sigma, mode="nearest")
+    liquid = torch.where(liquid < threshold, torch.zeros_like(liquid), liquid)
+    if mode == 0:
+        m = water_mask(liquid) * mix  # (N,1,H,W)
+        color = torch.tensor([175 / 255, 238 / 255, 238 / 255], dtype=F64, device=x.device)
+        return quantize(x + m * color.view(1, 3, 1, 1))
+    m = (liquid > threshold).to(F64)
+    m = ops.gaussian_filter(m, mix, mode="nearest").to(torch.float32).to(F64)
+    m = torch.where(m < 0.8, torch.zeros_like(m), m)
+    color = torch.tensor([63 / 255, 42 / 255, 20 / 255], dtype=F64, device=x.device)
+    return quantize(x * (1 - m) + color.view(1, 3, 1, 1) * m)
+
+
+# -- digital -----------------------------------------------------------------------------------
+def brightness(x_u8, c, rng=None):
+    hsv = ops.rgb_to_hsv(to_unit(x_u8))
+    hsv[:, 2] = (hsv[:, 2] + c).clamp(0, 1)
+    return quantize(ops.hsv_to_rgb(hsv))
+
+
+def saturate(x_u8, c, rng=None):
+    scale, shift = c
+    hsv = ops.rgb_to_hsv(to_unit(x_u8))
+    hsv[:, 1] = (hsv[:, 1] * scale + shift).clamp(0, 1)
+    return quantize(ops.hsv_to_rgb(hsv))
+
+
+def contrast(x_u8, c, rng=None):
+    x = to_unit(x_u8)
+    means = x.mean((2, 3), keepdim=True)
+    return quantize((x - means) * c + means)
+
+
+def _affine_matrices(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """cv2.getAffineTransform for batches: (N, 3, 2) point pairs -> (N, 2, 3)."""
+    a = torch.cat((src, torch.ones_like(src[..., :1])), -1)  # (N,3,3)
+    return torch.linalg.solve(a, dst).transpose(1, 2)
+
+
+def elastic_transform(x_u8, c, rng: ExampleRNG):
+    """Random affine (cv2.warpAffine, bilinear, reflect-101; source coordinates on OpenCV's
+    1/32-pixel grid) then a smooth random displacement resampled with scipy's
+    ``map_coordinates(order=1, mode='reflect')``."""
+    alpha, sigma, jitter = c
+    n, _, h, w = x_u8.shape
+    x = to_unit(x_u8, torch.float32).to(F64)
+    center = float(min(h, w) // 2)  # float32(shape) // 2
+    sq = min(h, w) // 3
+    pts1 = torch.tensor([[center + sq, center + sq], [center + sq, center - sq],
+                         [center - sq, center - sq]], dtype=F64)
+    jit = rng.uniform(3, 2, low=-jitter, high=jitter).to(torch.float32)
+    pts2 = (pts1.to(torch.float32) + jit).to(F64)  # float32 sum, as the original
+    m = _affine_matrices(pts1.expand(n, 3, 2), pts2)  # maps source -> destination
+    full = torch.cat((m, torch.tensor([0.0, 0.0, 1.0], dtype=F64).expand(n, 1, 3)), 1)
+    inv = torch.linalg.inv(full)[:, :2].to(x.device)  # destination -> source
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=F64, device=x.device),
+                            torch.arange(w, dtype=F64, device=x.device), indexing="ij")
+    src_x = inv[:, 0, 0, None, None] * xx + inv[:, 0, 1, None, None] * yy + inv[:, 0, 2, None, None]
+    src_y = inv[:, 1, 0, None, None] * xx + inv[:, 1, 1, None, None] * yy + inv[:, 1, 2, None, None]
+    src_x = torch.floor(src_x * 32 + 0.5) / 32
+    src_y = torch.floor(src_y * 32 + 0.5) / 32
+    x = ops.bilinear_sample(x, src_y, src_x, "mirror").to(torch.float32).to(F64)
+
+    def displacement():
+        field = rng.uniform(h, w, low=-1.0, high=1.0).to(x.device).unsqueeze(1)
+        field = ops.gaussian_filter(field, sigma, mode="reflect", truncate=3.0) * alpha
+        return field[:, 0].to(torch.float32).to(F64)
+
+    dx = displacement()
+    dy = displacement()
+    x = ops.bilinear_sample(x, yy + dy, xx + dx, "reflect").to(torch.float32).to(F64)
+    return quantize(x)
+
+
+def pixelate(x_u8, c, rng=None):
+    h, w = x_u8.shape[-2:]
+    small = ops.pil_resize_box(x_u8, (int(h * c), int(w * c)))
+    return ops.pil_resize_box(small, (h, w))
+
+
+def jpeg_compression(x_u8, c, rng=None):
+    return jpeg_roundtrip(x_u8, c)

@@ -1,0 +1,260 @@
+"""Batched image operations behind the corruptions, written to reproduce the library calls of
+``make_cifar_c.py`` (scipy.ndimage, scikit-image, OpenCV, PIL, ImageMagick) on (N, C, H, W)
+tensors on any device.
+
+Border modes are spelled as in the library they imitate and mapped to index arithmetic, so the
+same code serves every device:
+
+* ``"nearest"`` (scipy) = OpenCV ``BORDER_REPLICATE``: ``a a | a b c``
+* ``"mirror"`` (scipy) = OpenCV ``BORDER_REFLECT_101`` = torch ``"reflect"``: ``c b | a b c``
+* ``"reflect"`` (scipy) = OpenCV ``BORDER_REFLECT``: ``b a | a b c``
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def border_index(idx: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Map integer positions (any range) into ``[0, size)`` under a border ``mode``."""
+    if mode == "nearest":
+        return idx.clamp(0, size - 1)
+    if mode == "mirror":
+        if size == 1:
+            return torch.zeros_like(idx)
+        period = 2 * size - 2
+        idx = idx.remainder(period)
+        return torch.where(idx >= size, period - idx, idx)
+    if mode == "reflect":
+        period = 2 * size
+        idx = idx.remainder(period)
+        return torch.where(idx >= size, period - 1 - idx, idx)
+    raise ValueError(f"unknown border mode {mode!r}")
+
+
+def pad(x: torch.Tensor, before: int, after: int, dim: int, mode: str) -> torch.Tensor:
+    """Pad ``x`` along ``dim`` by gathering with :func:`border_index`."""
+    size = x.shape[dim]
+    idx = torch.arange(-before, size + after, device=x.device)
+    return x.index_select(dim, border_index(idx, size, mode))
+
+
+def correlate1d(x: torch.Tensor, weights: torch.Tensor, dim: int, mode: str) -> torch.Tensor:
+    """Correlate along ``dim`` (-1 or -2) with an odd 1-D kernel (a sum of shifted slices)."""
+    k = weights.numel()
+    r = k // 2
+    xp = pad(x, r, r, dim, mode)
+    size = x.shape[dim]
+    out = None
+    for i, wi in enumerate(weights.tolist()):
+        term = xp.narrow(dim, i, size) * wi
+        out = term if out is None else out.add_(term)
+    return out
+
+
+def correlate2d(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
+    """Per-channel 2-D correlation of (N, C, H, W) with an odd (kh, kw) kernel (cv2.filter2D).
+
+    Kernels above 3x3 go through the FFT (the valid part of a circular convolution of the
+    padded image), which is exact to float64 rounding and much faster than a float64 conv2d.
+    """
+    kh, kw = kernel.shape
+    n, c, h, w = x.shape
+    xp = pad(pad(x, kh // 2, kh // 2, -2, mode), kw // 2, kw // 2, -1, mode)
+    kernel = kernel.to(x.device, x.dtype)
+    if kh * kw <= 9:
+        return F.conv2d(xp, kernel.expand(c, 1, kh, kw), groups=c)
+    size = xp.shape[-2:]
+    spec = torch.fft.rfft2(xp) * torch.fft.rfft2(kernel.flip(0, 1), s=size)
+    return torch.fft.irfft2(spec, s=size)[..., kh - 1:, kw - 1:]
+
+
+@cache
+def scipy_gaussian_weights(sigma: float, truncate: float = 4.0) -> tuple[float, ...]:
+    """``scipy.ndimage.gaussian_filter1d`` weights: radius ``int(truncate*sigma + 0.5)``."""
+    radius = int(truncate * float(sigma) + 0.5)
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    w = np.exp(-0.5 / (sigma * sigma) * t * t)
+    return tuple((w / w.sum()).tolist())
+
+
+def gaussian_filter(x: torch.Tensor, sigma: float, *, mode: str = "nearest",
+                    truncate: float = 4.0) -> torch.Tensor:
+    """``skimage.filters.gaussian`` / ``scipy.ndimage.gaussian_filter`` over the last two dims
+    (channels are not mixed). ``sigma`` of 0 returns the input, as scipy does."""
+    if sigma <= 1e-15:
+        return x
+    w = torch.tensor(scipy_gaussian_weights(float(sigma), truncate), dtype=x.dtype, device=x.device)
+    return correlate1d(correlate1d(x, w, -2, mode), w, -1, mode)
+
+
+def bilinear_sample(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, mode: str
+                    ) -> torch.Tensor:
+    """Sample (N, C, H, W) at fractional (N, H', W') positions with bilinear weights; positions
+    outside the image follow the border ``mode`` (scipy ``map_coordinates(order=1)`` and
+    ``cv2.remap(INTER_LINEAR)`` semantics)."""
+    n, c, h, w = x.shape
+    r0 = torch.floor(rows)
+    c0 = torch.floor(cols)
+    fr = (rows - r0).to(x.dtype).unsqueeze(1)
+    fc = (cols - c0).to(x.dtype).unsqueeze(1)
+    r0 = r0.long()
+    c0 = c0.long()
+    flat = x.reshape(n, c, h * w)
+
+    def tap(ri, ci):
+        idx = border_index(ri, h, mode) * w + border_index(ci, w, mode)
+        return flat.gather(2, idx.reshape(n, 1, -1).expand(n, c, -1)).reshape(n, c, *rows.shape[1:])
+
+    top = tap(r0, c0) * (1 - fc) + tap(r0, c0 + 1) * fc
+    bottom = tap(r0 + 1, c0) * (1 - fc) + tap(r0 + 1, c0 + 1) * fc
+    return top * (1 - fr) + bottom * fr
+
+
+# -- colour ------------------------------------------------------------------------------------
+def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
+    """``skimage.color.rgb2hsv`` on (N, 3, H, W): hue in [0, 1), ties resolved as skimage does
+    (blue over green over red)."""
+    r, g, b = x.unbind(1)
+    v = x.amax(1)
+    delta = v - x.amin(1)
+    safe = torch.where(delta == 0, torch.ones_like(delta), delta)
+    s = torch.where(delta == 0, torch.zeros_like(v), delta / torch.where(v == 0, torch.ones_like(v), v))
+    h = (g - b) / safe
+    h = torch.where(g == v, 2.0 + (b - r) / safe, h)
+    h = torch.where(b == v, 4.0 + (r - g) / safe, h)
+    h = torch.remainder(h / 6.0, 1.0)
+    h = torch.where(delta == 0, torch.zeros_like(h), h)
+    return torch.stack((h, s, v), 1)
+
+
+def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """``skimage.color.hsv2rgb`` on (N, 3, H, W)."""
+    h, s, v = hsv.unbind(1)
+    hi = torch.floor(h * 6)
+    f = h * 6 - hi
+    p = v * (1 - s)
+    q = v * (1 - f * s)
+    t = v * (1 - (1 - f) * s)
+    hi = hi.long().remainder(6)
+    # (r, g, b) for each sextant, as skimage's np.choose table.
+    table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
+    out = torch.zeros_like(hsv)
+    for k, (rr, gg, bb) in enumerate(table):
+        m = (hi == k).unsqueeze(1)
+        out = torch.where(m, torch.stack((rr, gg, bb), 1), out)
+    return out
+
+
+def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
+    """OpenCV ``COLOR_RGB2GRAY`` on float images: 0.299 R + 0.587 G + 0.114 B, shape (N,1,H,W)."""
+    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+
+# -- resampling --------------------------------------------------------------------------------
+@cache
+def zoom_matrix(size: int, zoom: float) -> np.ndarray:
+    """(size, size) linear map of ``clipped_zoom``: centre crop of ``ceil(size/zoom)``, then
+    ``scipy.ndimage.zoom(order=1)`` (corner-aligned grid) to ``round(crop*zoom)`` and a centre
+    trim back to ``size``."""
+    ch = int(np.ceil(size / zoom))
+    top = (size - ch) // 2
+    out = int(round(ch * zoom))
+    trim = (out - size) // 2
+    a = np.zeros((size, size), dtype=np.float64)
+    step = (ch - 1) / (out - 1) if out > 1 else 0.0
+    for j in range(size):
+        t = (j + trim) * step
+        i0 = int(np.floor(t))
+        f = t - i0
+        i1 = min(i0 + 1, ch - 1)
+        a[j, top + i0] += 1 - f
+        a[j, top + i1] += f
+    return a
+
+
+def apply_separable(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``rows @ x @ cols.T`` over the last two dims."""
+    return torch.matmul(torch.matmul(rows.to(x.dtype), x), cols.to(x.dtype).transpose(-1, -2))
+
+
+PIL_PRECISION_BITS = 32 - 8 - 2
+
+
+@cache
+def pil_box_coefficients(in_size: int, out_size: int) -> np.ndarray:
+    """Pillow's fixed-point BOX resampling coefficients as an (out, in) integer matrix
+    (``precompute_coeffs`` + ``normalize_coeffs_8bpc`` of Pillow's Resample.c)."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 0.5 * filterscale
+    mat = np.zeros((out_size, in_size), dtype=np.int64)
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size) - xmin
+        ws = []
+        for x in range(xmax):
+            t = (x + xmin - center + 0.5) / filterscale
+            ws.append(1.0 if -0.5 <= t < 0.5 else 0.0)
+        total = sum(ws)
+        for x, wv in enumerate(ws):
+            k = wv / total if total else 0.0
+            mat[xx, xmin + x] = int(k * (1 << PIL_PRECISION_BITS) + (0.5 if k >= 0 else -0.5))
+    return mat
+
+
+def pil_resize_box(x_u8: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``PIL.Image.resize(size, BOX)`` of uint8 (N, C, H, W): horizontal pass, rounding to
+    uint8, vertical pass, exactly as Pillow's 8-bit path (float64 keeps the integer sums
+    exact)."""
+    h_out, w_out = size
+    n, c, h, w = x_u8.shape
+    x = x_u8.to(torch.float64)
+    half = float(1 << (PIL_PRECISION_BITS - 1))
+    scale = float(1 << PIL_PRECISION_BITS)
+    if w_out != w:
+        kw = torch.from_numpy(pil_box_coefficients(w, w_out)).to(x.device, torch.float64)
+        x = torch.floor((x @ kw.T + half) / scale).clamp_(0, 255)
+    if h_out != h:
+        kh = torch.from_numpy(pil_box_coefficients(h, h_out)).to(x.device, torch.float64)
+        x = torch.floor((kh @ x + half) / scale).clamp_(0, 255)
+    return x.to(torch.uint8)
+
+
+# -- ImageMagick motion blur -------------------------------------------------------------------
+def magick_motion_kernel(radius: float, sigma: float) -> np.ndarray:
+    """MotionBlurImage's one-sided Gaussian: width ``2*ceil(radius)+1``, normalised."""
+    width = 2 * int(math.ceil(radius)) + 1
+    i = np.arange(width, dtype=np.float64)
+    k = np.exp(-(i * i) / (2.0 * sigma * sigma))
+    return k / k.sum()
+
+
+def motion_blur(x: torch.Tensor, radius: float, sigma: float, angle_deg: torch.Tensor
+                ) -> torch.Tensor:
+    """ImageMagick ``MotionBlurImage`` of (N, C, H, W) in 0..255 with one angle per image.
+
+    Tap ``i`` reads the pixel at integer offset ``(ceil(i cos a - 0.5), ceil(i sin a - 0.5))``
+    (x, y), edge pixels extend the image (ImageMagick's default virtual pixels), and the result
+    is rounded to 8 bit as the PNG round trip of the original does.
+    """
+    n, c, h, w = x.shape
+    k = torch.tensor(magick_motion_kernel(radius, sigma), dtype=x.dtype, device=x.device)
+    i = torch.arange(k.numel(), dtype=torch.float64, device=x.device)
+    a = torch.deg2rad(angle_deg.to(torch.float64)).unsqueeze(1)
+    ox = torch.ceil(i * torch.cos(a) - 0.5).long()  # (N, taps)
+    oy = torch.ceil(i * torch.sin(a) - 0.5).long()
+    yy = torch.arange(h, device=x.device).view(1, 1, h, 1)
+    xx = torch.arange(w, device=x.device).view(1, 1, 1, w)
+    rows = (yy + oy.view(n, -1, 1, 1)).clamp(0, h - 1)
+    cols = (xx + ox.view(n, -1, 1, 1)).clamp(0, w - 1)
+    idx = (rows * w + cols).reshape(n, 1, -1).expand(n, c, -1)
+    taps = x.reshape(n, c, h * w).gather(2, idx).reshape(n, c, -1, h, w)
+    out = (taps * k.view(1, 1, -1, 1, 1)).sum(2)
+    return torch.floor(out + 0.5).clamp_(0, 255)
