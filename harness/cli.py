@@ -6,6 +6,9 @@ or a bad argument -- is one line on stderr and exit status 2, with the store unt
 
 Examples::
 
+    harness run --suite cifar10c                     # main job: default models, generated C
+    harness run --suite cifar10c --data-dir ~/data   # released CIFAR-10-C files when present
+    harness run --suite cifar10c --corruptions fog,snow --severities 3-5 --n 1000
     harness run --suite clean                        # bundled default models, bundled sample
     harness run --suite clean --model resnet8 --data-dir ~/data --n 10000
     harness run --suite clean --model my_models.py:build --weights net.safetensors
@@ -48,7 +51,7 @@ def _default_store() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="harness", description="Robustness benchmarking harness for image "
-                     "classifiers (CIFAR-10): clean accuracy now; corruptions, attacks, "
+                     "classifiers (CIFAR-10): clean and CIFAR-10-C accuracy; attacks, "
                      "Lipschitz and sparsity suites to come.")
     from harness import __version__
 
@@ -62,9 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "default: the registry's default set")
     run.add_argument("--weights", help="weights for a single --model (.safetensors, .pt, or a "
                      "checkpoint .json from 'harness train')")
-    run.add_argument("--data-dir", help="folder with cifar-10-batches-py (default $HARNESS_DATA,"
-                     " else the bundled 1,000-image test sample)")
-    run.add_argument("--n", type=_positive_int, help="evaluate the first N examples")
+    run.add_argument("--data-dir", help="folder with cifar-10-batches-py and/or CIFAR-10-C "
+                     "(default $HARNESS_DATA, else the bundled 1,000-image test sample)")
+    run.add_argument("--n", type=_positive_int, help="evaluate the first N examples (per "
+                     "condition; cifar10c on the bundled sample defaults to 500)")
     run.add_argument("--batch-size", type=_positive_int, default=250)
     run.add_argument("--shard-size", type=_positive_int, help="examples per stored shard")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
@@ -72,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--store", default=None, help=STORE_HELP)
     run.add_argument("--force", action="store_true", help="recompute even if stored")
+    c10c = run.add_argument_group("cifar10c options")
+    c10c.add_argument("--corruptions", help="comma-separated names, or benchmark (default: the "
+                      "15), extra (the 4 extras), all")
+    c10c.add_argument("--severities", help="e.g. 1,3-5 (default 1-5)")
+    c10c.add_argument("--source", choices=("auto", "released", "generated"), help="released "
+                      "CIFAR-10-C files (DIR/CIFAR-10-C/*.npy), generated corruptions, or auto "
+                      "(default: released when present)")
+    c10c.add_argument("--baseline", metavar="MODEL", help="print mCE / relative mCE against "
+                      "this model's stored cifar10c run on the same data")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
     ls = sub.add_parser("ls", help="list models, suites or stored runs")
@@ -115,48 +128,116 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
-def cmd_run(args) -> int:
-    from rich.table import Table
+def _suite_options(args) -> dict:
+    return {"corruptions": args.corruptions, "severities": args.severities, "source": args.source}
 
-    from harness.data import load_cifar10_arrays
+
+def cmd_run(args) -> int:
+    import time
+
     from harness.runner import check_device, default_models, prepare_model, resolve_model
     from harness.store import Store
     from harness.suites import SUITES
 
-    suite = SUITES.resolve(args.suite)
+    started = time.perf_counter()
+    suite_name = SUITES.resolve(args.suite)
+    suite = SUITES.get(suite_name)()
+    options = suite.check_options(_suite_options(args))
     refs = args.model or default_models()
     if args.weights and len(refs) != 1:
         raise HarnessError("--weights needs exactly one --model")
+    if args.baseline and suite_name != "cifar10c":
+        raise HarnessError("--baseline applies to suite 'cifar10c' only")
     device = check_device(args.device)
-    data = load_cifar10_arrays("test", data_dir=args.data_dir)
+    data = suite.load_data(data_dir=args.data_dir, **{k: v for k, v in options.items()
+                                                      if k == "source"})
     if args.n is not None and args.n > len(data):
-        raise HarnessError(f"--n {args.n} exceeds the {len(data)} examples of {data.source}")
-    # Resolve every model before opening the store: a bad name must not leave a new store.
+        raise HarnessError(f"--n {args.n} exceeds the {len(data)} examples of {data.name}")
+    head = data.head(args.n if args.n is not None else suite.default_n(data))
+    # Validate every option against the data (names, severities, released files) and probe
+    # every model before the store is opened: a bad input must not leave a new store behind.
+    params = suite.params(n=len(head), shard_size=args.shard_size, data=head, **options)
     loaded = [resolve_model(ref, weights=args.weights, device=device) for ref in refs]
     for lm in loaded:
-        # Prepare and probe before the store is opened: a model that cannot run must not leave
-        # a new store behind.
-        prepare_model(lm, data.head(args.n), device=device, dtype=args.dtype)
+        prepare_model(lm, head, device=device, dtype=args.dtype)
     err = _console(stderr=True)
     with Store(args.store or _default_store()) as store:
-        outcomes = [_run_one(lm, suite, data, store, args, device, err) for lm in loaded]
-    n = outcomes[0].spec.params["n"]
-    table = Table(title=f"suite {suite} | data {outcomes[0].spec.data} | n = {n} examples | "
-                        f"seed {args.seed} | {args.dtype} on {device}")
-    for col, just in (("model", "left"), ("condition", "left"), ("n", "right"),
-                      ("accuracy %", "right"), ("new shards", "right"),
-                      ("time s", "right"), ("run", "left")):
-        table.add_column(col, justify=just)
-    for o in outcomes:
-        for row in o.summary.itertuples(index=False):
-            table.add_row(o.spec.model, str(getattr(row, "condition", "-")), str(row.n),
-                          _pct(row.accuracy), f"{o.shards_computed}/{o.shards_total}",
-                          f"{o.wall_s:.1f}", o.run_id[:12])
-    _console().print(table)
+        if args.baseline:
+            from harness.suites.cifar10c import find_baseline
+
+            name, fp = suite.data_identity(head, params)
+            baseline_id = find_baseline(store, args.baseline, {
+                "data_fingerprint": fp, "params": params, "seed": args.seed})
+            baseline = suite.summarize(store, baseline_id)
+        outcomes = _run_all(loaded, suite_name, data, store, args, device, options, err)
+    wall = time.perf_counter() - started
+    console = _console()
+    console.print(_summary_table(outcomes, args, device, wall))
+    if suite_name == "cifar10c":
+        console.print(_corruption_table(outcomes))
+        if args.baseline:
+            from harness.suites.cifar10c import mce
+
+            for o in outcomes:
+                m = mce(o.summary, baseline)
+                rel = f", relative mCE {m['relative_mce']:.1f} %" if "relative_mce" in m else ""
+                console.print(f"{o.spec.model}: mCE {m['mce']:.1f} %{rel} (baseline "
+                              f"{args.baseline}, run {baseline_id[:12]})")
     return 0
 
 
-def _run_one(lm, suite, data, store, args, device, err):
+_HEADLINE_LABELS = {"accuracy": "accuracy %", "clean": "clean %", "mean": "C-10-C mean %",
+                    "extras": "extras mean %"}
+
+
+def _summary_table(outcomes, args, device, wall: float):
+    from rich.table import Table
+
+    first = outcomes[0]
+    params = first.spec.params
+    what = f"n = {params['n']} examples"
+    if first.spec.suite == "cifar10c":
+        what = (f"n = {params['n']} per set | {len(params['corruptions'])} corruptions x "
+                f"{len(params['severities'])} severities | source {params['source']}")
+    heads = [o.suite.headline(o.summary) for o in outcomes]
+    keys = list(dict.fromkeys(k for h in heads for k in h))
+    table = Table(title=f"suite {first.spec.suite} | data {first.spec.data} | {what} | "
+                        f"seed {args.seed} | {args.dtype} on {device}",
+                  caption=f"wall time {wall:.1f} s (input preparation "
+                          f"{first.extra.get('inputs_s', 0.0):.1f} s, shared by all models)")
+    table.add_column("model")
+    for k in keys:
+        table.add_column(_HEADLINE_LABELS.get(k, f"{k} %"), justify="right")
+    for col in ("new shards", "eval s", "run"):
+        table.add_column(col, justify="right" if col != "run" else "left")
+    for o, h in zip(outcomes, heads):
+        table.add_row(o.spec.model, *[_pct(h[k]) if k in h else "-" for k in keys],
+                      f"{o.shards_computed}/{o.shards_total}", f"{o.wall_s:.1f}", o.run_id[:12])
+    return table
+
+
+def _corruption_table(outcomes):
+    from rich.table import Table
+
+    from harness.corruptions import CORRUPTIONS
+    from harness.suites.cifar10c import per_corruption
+
+    per = [per_corruption(o.summary) for o in outcomes]
+    names = list(dict.fromkeys(k for p in per for k in p))
+    table = Table(title="accuracy % per corruption, mean over severities",
+                  caption="* extra (not in the mean)  ~ approximate generator")
+    table.add_column("corruption")
+    for o in outcomes:
+        table.add_column(o.spec.model, justify="right")
+    for name in names:
+        meta = CORRUPTIONS.meta(name)
+        mark = ("" if meta["benchmark"] else " *") + (
+            " ~" if meta["approximate"] and outcomes[0].spec.params["source"] == "generated" else "")
+        table.add_row(name + mark, *[_pct(p[name]) if name in p else "-" for p in per])
+    return table
+
+
+def _run_all(loaded, suite, data, store, args, device, options, err):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -166,21 +247,22 @@ def _run_one(lm, suite, data, store, args, device, err):
         TimeRemainingColumn,
     )
 
-    from harness.runner import run_suite
+    from harness.runner import run_suites
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                         console=err, disable=args.quiet, transient=False)
-    task = progress.add_task(f"{lm.name} / {suite}", total=None)
+    tasks = {lm.name: progress.add_task(f"{lm.name} / {suite}", total=None) for lm in loaded}
 
-    def on_plan(todo: int, stored: int) -> None:
-        progress.update(task, total=todo + stored, completed=stored)
+    def on_plan(name: str, todo: int, stored: int) -> None:
+        progress.update(tasks[name], total=todo + stored, completed=stored)
 
     with progress:
-        return run_suite(model=lm, suite=suite, data=data, store=store, n=args.n, seed=args.seed,
-                         device=device, dtype=args.dtype, batch_size=args.batch_size,
-                         shard_size=args.shard_size, force=args.force, on_plan=on_plan,
-                         on_progress=lambda k: progress.advance(task, k))
+        return run_suites(models=loaded, suite=suite, data=data, store=store, n=args.n,
+                          seed=args.seed, device=device, dtype=args.dtype,
+                          batch_size=args.batch_size, shard_size=args.shard_size,
+                          force=args.force, options=options, on_plan=on_plan,
+                          on_progress=lambda name, k: progress.advance(tasks[name], k))
 
 
 def cmd_ls(args) -> int:

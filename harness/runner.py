@@ -50,7 +50,8 @@ class RunOutcome:
     summary: Any                     # pandas DataFrame
     shards_total: int
     shards_computed: int
-    wall_s: float
+    wall_s: float                    # this model's evaluation time (shared input preparation excluded)
+    suite: Any = None                # the Suite object (headline numbers, layout)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -264,9 +265,19 @@ def _probe(module, name: str, data, *, device: str, dtype) -> None:
 
 
 # -- running ----------------------------------------------------------------------------------------
-def run_suite(
+def run_suite(*, model: LoadedModel, **kwargs) -> RunOutcome:
+    """Evaluate one model; see :func:`run_suites` for the arguments."""
+    on_plan, on_progress = kwargs.pop("on_plan", None), kwargs.pop("on_progress", None)
+    return run_suites(
+        models=[model], **kwargs,
+        on_plan=(lambda name, todo, stored: on_plan(todo, stored)) if on_plan else None,
+        on_progress=(lambda name, k: on_progress(k)) if on_progress else None,
+    )[0]
+
+
+def run_suites(
     *,
-    model: LoadedModel,
+    models: list[LoadedModel],
     suite: str,
     data,
     store,
@@ -277,18 +288,25 @@ def run_suite(
     batch_size: int = 250,
     shard_size: int | None = None,
     force: bool = False,
-    on_progress: Callable[[int], None] | None = None,
-    on_plan: Callable[[int, int], None] | None = None,
-) -> RunOutcome:
-    """Evaluate ``model`` on ``suite`` over ``data`` (an ImageSet), resuming from ``store``.
+    options: dict[str, Any] | None = None,
+    on_progress: Callable[[str, int], None] | None = None,
+    on_plan: Callable[[str, int, int], None] | None = None,
+) -> list[RunOutcome]:
+    """Evaluate ``models`` on ``suite`` over ``data``, resuming each from ``store``.
+
+    Each model is its own run (own spec and run id). Shards are visited once, in order: a
+    shard's inputs (e.g. a generated corrupted set) are prepared once and fed to every model
+    that has not stored it yet.
 
     Args:
-        n: number of examples (the first ``n`` of the set; all when None).
-        on_plan: called once with (examples to compute, examples already stored).
-        on_progress: called with the number of examples of each finished shard.
+        data: what the suite's ``load_data`` returns (an ImageSet for ``clean``).
+        n: number of examples per condition (default: the suite's, else all of ``data``).
+        options: suite-specific options (e.g. corruptions, severities for cifar10c).
+        on_plan: called per model with (model name, examples to compute, already stored).
+        on_progress: called with (model name, examples) after each stored shard.
 
     Returns:
-        A :class:`RunOutcome`; the per-example records are in the store.
+        One :class:`RunOutcome` per model; the per-example records are in the store.
     """
     import torch
 
@@ -299,34 +317,56 @@ def run_suite(
         raise HarnessError(f"--batch-size must be at least 1, got {batch_size}")
     suite_name = SUITES.resolve(suite)
     suite_obj = SUITES.get(suite_name)()
-    data = data.head(n)
-    params = suite_obj.params(n=len(data), shard_size=shard_size)
-    spec = RunSpec(
-        model=model.name, model_fingerprint=model.fingerprint, suite=suite_name, params=params,
-        data=data.name,
-        data_fingerprint=data.fingerprint, seed=seed, dtype=dtype,
-        harness_version=harness.__version__,
-    )
-    module = prepare_model(model, data, device=device, dtype=dtype)
-    torch_dtype = getattr(torch, dtype)
-    writer = store.begin(
-        spec, force=force,
-        provenance={**provenance(device=device, dtype=dtype, batch_size=batch_size),
-                    "model_identity": model.identity},
-    )
+    options = suite_obj.check_options(options or {})
+    data = data.head(n if n is not None else suite_obj.default_n(data))
+    params = suite_obj.params(n=len(data), shard_size=shard_size, data=data, **options)
+    data_name, data_fp = suite_obj.data_identity(data, params)
     shards = suite_obj.shards(data, params)
-    todo = [s for s in shards if s.key not in writer.done]
-    if on_plan is not None:
-        on_plan(sum(s.n for s in todo), sum(s.n for s in shards) - sum(s.n for s in todo))
+    runs = []
+    for model in models:
+        spec = RunSpec(
+            model=model.name, model_fingerprint=model.fingerprint, suite=suite_name,
+            params=params, data=data_name, data_fingerprint=data_fp, seed=seed, dtype=dtype,
+            harness_version=harness.__version__,
+        )
+        module = prepare_model(model, data, device=device, dtype=dtype)
+        torch_dtype = getattr(torch, dtype)
+        writer = store.begin(
+            spec, force=force,
+            provenance={**provenance(device=device, dtype=dtype, batch_size=batch_size),
+                        "model_identity": model.identity},
+        )
+        todo = {s.key for s in shards if s.key not in writer.done}
+        if on_plan is not None:
+            todo_n = sum(s.n for s in shards if s.key in todo)
+            on_plan(model.name, todo_n, sum(s.n for s in shards) - todo_n)
+        runs.append((model, spec, module, writer, todo))
     start = time.perf_counter()
-    torch.manual_seed(seed)
-    for result in suite_obj.run(module, data, params, seed, device=device, dtype=torch_dtype,
-                                batch_size=batch_size, skip=writer.done):
-        store.write_shard(writer, result)
-        if on_progress is not None:
-            on_progress(result.shard.n)
-    if not writer.complete:
-        store.complete(writer, len(shards))
-    wall = time.perf_counter() - start
-    return RunOutcome(spec=spec, run_id=spec.run_id, summary=suite_obj.summarize(store, spec.run_id),
-                      shards_total=len(shards), shards_computed=len(todo), wall_s=wall)
+    wall = {model.name: 0.0 for model, *_ in runs}
+    prep = 0.0
+    for shard in shards:
+        need = [r for r in runs if shard.key in r[4]]
+        if not need:
+            continue
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        inputs = suite_obj.inputs(data, shard, params=params, seed=seed, device=device)
+        prep += time.perf_counter() - t0
+        for model, _spec, module, writer, _todo in need:
+            t0 = time.perf_counter()
+            result = suite_obj.evaluate(module, inputs, shard, device=device, dtype=torch_dtype,
+                                        batch_size=batch_size)
+            store.write_shard(writer, result)
+            wall[model.name] += time.perf_counter() - t0
+            if on_progress is not None:
+                on_progress(model.name, shard.n)
+    total = time.perf_counter() - start
+    outcomes = []
+    for model, spec, _module, writer, todo in runs:
+        if not writer.complete:
+            store.complete(writer, len(shards))
+        outcomes.append(RunOutcome(
+            spec=spec, run_id=spec.run_id, summary=suite_obj.summarize(store, spec.run_id),
+            shards_total=len(shards), shards_computed=len(todo), wall_s=wall[model.name],
+            suite=suite_obj, extra={"inputs_s": prep, "total_s": total}))
+    return outcomes

@@ -1,4 +1,5 @@
-"""Datasets: CIFAR-10 (official pickles or the bundled sample). CIFAR-10-C comes later."""
+"""Datasets: CIFAR-10 (official pickles or the bundled sample) and CIFAR-10-C (released files or
+generated)."""
 
 from harness.data._cifar10 import (
     CLASSES,
@@ -9,8 +10,9 @@ from harness.data._cifar10 import (
     load_sample,
     resolve_data_dir,
 )
+from harness.data._cifar10c import CorruptionData, ReleasedC, load_cifar10c
 
 __all__ = [
-    "CLASSES", "ImageSet", "fingerprint", "load_cifar10", "load_cifar10_arrays", "load_sample",
-    "resolve_data_dir",
+    "CLASSES", "CorruptionData", "ImageSet", "ReleasedC", "fingerprint", "load_cifar10",
+    "load_cifar10_arrays", "load_cifar10c", "load_sample", "resolve_data_dir",
 ]

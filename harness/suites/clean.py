@@ -6,13 +6,9 @@ re-aggregation or paired comparison between checkpoints needs no recompute.
 
 from __future__ import annotations
 
-import time
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.records import ShardResult
 from harness.suites._base import SUITES, Suite, contiguous_shards
 
 
@@ -41,18 +37,3 @@ class CleanSuite(Suite):
 
     def shards(self, data, params):
         return contiguous_shards(params["n"], params["shard_size"], {"condition": "clean"}, "clean")
-
-    def evaluate_shard(self, model, data, shard, *, params, seed, device, dtype, batch_size):
-        start = time.perf_counter()
-        x = torch.from_numpy(data.images[shard.start:shard.stop])
-        y = torch.from_numpy(data.labels[shard.start:shard.stop])
-        pred, loss = predict(model, x, y, device=device, dtype=dtype, batch_size=batch_size)
-        return ShardResult(
-            shard=shard,
-            example=np.arange(shard.start, shard.stop, dtype=np.int64),
-            label=y.numpy(),
-            pred=pred.numpy(),
-            correct=(pred == y).numpy(),
-            loss=loss.double().numpy(),
-            wall_s=time.perf_counter() - start,
-        )

@@ -1,0 +1,257 @@
+"""Suite ``cifar10c``: accuracy under the CIFAR-10-C corruptions, per example.
+
+Conditions are (corruption, severity, source) with ``source`` ``released`` (the published .npy
+files) or ``generated`` (the harness's corruptions of the clean test images, seeded per
+example), plus the clean images as severity 0 when they are available, so relative mCE needs
+no other run. Each (condition, example range) is a shard, so runs resume per
+(corruption, severity, shard).
+
+Headline numbers (:meth:`Cifar10CSuite.headline`): the mean accuracy over the 15 benchmark
+corruptions x 5 severities (RobustBench's number), the per-severity means, and the extras'
+mean shown separately. :func:`mce` gives mCE and relative mCE against a baseline run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from harness.errors import HarnessError
+from harness.records import Shard
+from harness.suites._base import SUITES, ShardInputs, Suite
+
+# Examples per corrupted set by default on the bundled 1,000-image sample: sized so the main
+# job (every default model, 15 x 5 sets) stays within its 5-minute budget on 2 CPU cores.
+SAMPLE_DEFAULT_N = 500
+# Bumped whenever generated corruptions change, so stored generated runs are not reused.
+GENERATOR_VERSION = 1
+CLEAN = {"corruption": "none", "severity": 0, "source": "clean"}
+
+
+def parse_corruptions(value: str | Iterable[str] | None) -> list[str]:
+    """Canonical corruption names in the release's order. Accepts names, aliases and the
+    groups ``benchmark`` (the 15), ``extra`` (the 4) and ``all``; a string may be
+    comma-separated."""
+    from harness.corruptions import CORRUPTIONS, list_corruptions
+
+    if value is None:
+        return list_corruptions()
+    items = [value] if isinstance(value, str) else list(value)
+    tokens = [t.strip() for item in items for t in str(item).split(",") if t.strip()]
+    if not tokens:
+        raise HarnessError("--corruptions is empty")
+    chosen: set[str] = set()
+    everything = list_corruptions(include_extra=True)
+    for t in tokens:
+        if t == "all":
+            chosen.update(everything)
+        elif t == "benchmark":
+            chosen.update(list_corruptions())
+        elif t in ("extra", "extras"):
+            chosen.update(set(everything) - set(list_corruptions()))
+        else:
+            chosen.add(CORRUPTIONS.resolve(t))
+    return [c for c in everything if c in chosen]
+
+
+def parse_severities(value: str | Iterable[int] | None) -> list[int]:
+    """Sorted severities from a list or a string like ``"1,3-5"``."""
+    from harness.corruptions import SEVERITIES, check_severity
+
+    if value is None:
+        return list(SEVERITIES)
+    out: set[int] = set()
+    items = [value] if isinstance(value, (str, int)) else list(value)
+    for item in items:
+        for tok in str(item).split(","):
+            tok = tok.strip()
+            if not tok:
+                continue
+            try:
+                if "-" in tok[1:]:
+                    lo, hi = (int(v) for v in tok.split("-", 1))
+                    vals = range(lo, hi + 1)
+                else:
+                    vals = [int(tok)]
+            except ValueError:
+                raise HarnessError(f"--severities: {tok!r} is not a severity (1-5)") from None
+            out.update(check_severity(v) for v in vals)
+    if not out:
+        raise HarnessError("--severities is empty")
+    return sorted(out)
+
+
+@SUITES.register("cifar10c", aliases=("cifar-10-c",),
+                 description="accuracy under the CIFAR-10-C corruptions (released or generated)")
+class Cifar10CSuite(Suite):
+    name = "cifar10c"
+    default_shard_size = 500
+    options = ("corruptions", "severities", "source")
+
+    def load_data(self, *, data_dir=None, source: str = "auto", **options: Any):
+        from harness.data import load_cifar10c
+
+        return load_cifar10c(data_dir=data_dir, source=source)
+
+    def default_n(self, data) -> int | None:
+        if data.source == "generated" and data.clean.source == "bundled-sample":
+            return SAMPLE_DEFAULT_N
+        return None
+
+    def params(self, *, n, shard_size=None, data=None, corruptions=None, severities=None,
+               source=None, **options):
+        names = parse_corruptions(corruptions)
+        sev = parse_severities(severities)
+        src = data.source if data is not None else (source or "generated")
+        if src == "released" and data is not None:
+            data.released.check(names)
+        params = {
+            "n": int(n), "shard_size": int(shard_size or self.default_shard_size),
+            "source": src, "corruptions": names, "severities": sev,
+            "clean": bool(data is None or data.clean is not None),
+        }
+        if src == "generated":
+            params["generator_version"] = GENERATOR_VERSION
+        return params
+
+    def data_identity(self, data, params):
+        if params["source"] == "released":
+            fp = data.released.fingerprint(params["corruptions"])
+            if data.clean is not None:
+                fp = f"{fp}+{data.clean.fingerprint[:16]}"
+            return data.name, fp
+        return data.name, data.clean.fingerprint
+
+    def shards(self, data, params):
+        from harness.suites._base import contiguous_shards
+
+        n, size, src = params["n"], params["shard_size"], params["source"]
+        out: list[Shard] = []
+        if params["clean"]:
+            out += contiguous_shards(n, size, CLEAN, "clean/0")
+        for name in params["corruptions"]:
+            for s in params["severities"]:
+                cond = {"corruption": name, "severity": s, "source": src}
+                out += contiguous_shards(n, size, cond, f"{name}/{s}")
+        return out
+
+    def inputs(self, data, shard, *, params, seed, device):
+        import torch
+
+        from harness.corruptions import corrupt
+
+        c = shard.condition
+        example = np.arange(shard.start, shard.stop, dtype=np.int64)
+        labels = torch.from_numpy(np.ascontiguousarray(data.labels[shard.start:shard.stop]))
+        if c["severity"] == 0:
+            return ShardInputs(torch.from_numpy(data.clean.images[shard.start:shard.stop]),
+                               labels, example)
+        if c["source"] == "released":
+            images = data.released.images(c["corruption"], c["severity"], shard.start, shard.stop)
+            return ShardInputs(torch.from_numpy(images), labels, example)
+        clean = torch.from_numpy(data.clean.images[shard.start:shard.stop]).to(device)
+        images = corrupt(clean, c["corruption"], c["severity"], seed=seed,
+                         indices=data.clean.indices[shard.start:shard.stop])
+        return ShardInputs(images, labels, example)
+
+    def summarize(self, store, run_id):
+        """Per-condition table, clean first, then the release's corruption order by severity."""
+        from harness.corruptions import list_corruptions
+
+        frame = store.condition_summary(run_id)
+        order = {name: i for i, name in enumerate(["none", *list_corruptions(include_extra=True)])}
+        key = frame["corruption"].map(order).fillna(len(order)) * 10 + frame["severity"]
+        return frame.iloc[key.argsort(kind="stable")].reset_index(drop=True)
+
+    def headline(self, summary) -> dict[str, float]:
+        return headline(summary)
+
+
+def _cells(summary):
+    from harness.corruptions import list_corruptions
+
+    bench = set(list_corruptions())
+    corrupted = summary[summary["severity"] > 0]
+    return corrupted[corrupted["corruption"].isin(bench)], corrupted[~corrupted["corruption"].isin(bench)]
+
+
+def headline(summary) -> dict[str, float]:
+    """clean, mean over the benchmark (corruption, severity) sets, per-severity means s1..s5
+    and the extras' mean; keys present only where the run has the data. Means are unweighted
+    over sets, as RobustBench reports."""
+    out: dict[str, float] = {}
+    clean = summary[summary["severity"] == 0]
+    if len(clean):
+        out["clean"] = float(clean["n_correct"].sum() / clean["n"].sum())
+    bench, extra = _cells(summary)
+    if len(bench):
+        out["mean"] = float(bench["accuracy"].mean())
+        for s, group in bench.groupby("severity"):
+            out[f"s{int(s)}"] = float(group["accuracy"].mean())
+    if len(extra):
+        out["extras"] = float(extra["accuracy"].mean())
+    return out
+
+
+def per_corruption(summary) -> dict[str, float]:
+    """Mean accuracy over severities for each corruption, in the summary's order."""
+    corrupted = summary[summary["severity"] > 0]
+    means = corrupted.groupby("corruption", sort=False)["accuracy"].mean()
+    return {str(k): float(v) for k, v in means.items()}
+
+
+def mce(summary, baseline) -> dict[str, float]:
+    """mCE and relative mCE (Hendrycks & Dietterich) of a run against a baseline run, in %.
+
+    CE_c = sum_s E(c, s) / sum_s E_base(c, s); relative CE_c = sum_s (E(c, s) - E_clean) /
+    sum_s (E_base(c, s) - E_base_clean); both averaged over the benchmark corruptions the two
+    runs share. Relative mCE needs the clean condition in both runs.
+
+    Raises:
+        HarnessError: the runs share no benchmark (corruption, severity) set.
+    """
+    from harness.corruptions import list_corruptions
+
+    def errors(frame) -> dict[tuple[str, int], float]:
+        f = frame[frame["severity"] > 0]
+        return {(str(r.corruption), int(r.severity)): 1.0 - float(r.accuracy)
+                for r in f.itertuples(index=False)}
+
+    e, b = errors(summary), errors(baseline)
+    shared = [k for k in e if k in b and k[0] in set(list_corruptions())]
+    if not shared:
+        raise HarnessError("the run and the baseline share no benchmark corruption sets")
+    names = list(dict.fromkeys(c for c, _ in shared))
+    ce = [sum(e[k] for k in shared if k[0] == c) / max(sum(b[k] for k in shared if k[0] == c), 1e-12)
+          for c in names]
+    out = {"mce": 100 * float(np.mean(ce))}
+    hl, hb = headline(summary), headline(baseline)
+    if "clean" in hl and "clean" in hb:
+        ec, bc = 1 - hl["clean"], 1 - hb["clean"]
+        rel = []
+        for c in names:
+            den = sum(b[k] - bc for k in shared if k[0] == c)
+            if abs(den) > 1e-12:
+                rel.append(sum(e[k] - ec for k in shared if k[0] == c) / den)
+        if rel:
+            out["relative_mce"] = 100 * float(np.mean(rel))
+    return out
+
+
+def find_baseline(store, model: str, spec: Mapping[str, Any]) -> str:
+    """The latest complete cifar10c run of ``model`` in ``store`` on the same data, source and
+    n as ``spec`` (a run spec dict); its run id, or a HarnessError."""
+    matches = []
+    for r in store.runs():
+        s = r["spec"]
+        if (r["suite"] == "cifar10c" and r["model"] == model and r["complete"]
+                and s["data_fingerprint"] == spec["data_fingerprint"]
+                and s["params"]["source"] == spec["params"]["source"]
+                and s["params"]["n"] == spec["params"]["n"] and s["seed"] == spec["seed"]):
+            matches.append(r)
+    if not matches:
+        raise HarnessError(f"--baseline {model!r}: no complete cifar10c run of that model on the "
+                           "same data, source, n and seed in the store; run it first")
+    return matches[-1]["run_id"]
