@@ -12,6 +12,8 @@ in float32 (zoom_blur, snow's image) are rounded to float32 at the same points.
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 import torch
 
@@ -79,7 +81,7 @@ def glass_blur(x_u8, c, rng: ExampleRNG):
     n, _, hgt, wid = x_u8.shape
     x = ops.gaussian_filter(to_unit(x_u8), sigma, mode="nearest")
     x = (x * 255).to(torch.uint8)
-    lo, hi = delta + 1, hgt - delta  # positions visited: h, w in [delta + 1, size - delta)
+    lo, hi = delta + 1, hgt - delta + 1  # range(32 - delta, delta, -1): delta+1 .. 32-delta
     span = hi - lo
     # Draw order of the original: for each iteration, for h, w descending: (dx, dy).
     offs = rng.integers(-delta, delta, iters, span, span, 2).to(x.device)
@@ -155,40 +157,67 @@ def snow(x_u8, c, rng: ExampleRNG):
     return quantize(x + layer + layer.flip(-1, -2))
 
 
-# Frost photographs are not redistributable, so frost uses a seeded procedural texture whose
-# per-photo statistics were measured on the five photographs make_cifar_c.py draws from
-# (frost1..5, downscaled x0.2 as the original, 200 random 32x32 crops each): mean RGB, mean
-# within-crop std of the grey level, std of the crop means, lag-1 autocorrelation.
-FROST_STYLES = (
-    ((76.9, 148.2, 164.7), 14.2, 10.2, 0.51),
-    ((198.1, 202.5, 211.8), 18.1, 9.0, 0.37),
-    ((198.1, 202.5, 211.8), 18.1, 9.0, 0.37),
-    ((142.7, 157.4, 170.1), 25.9, 10.6, 0.23),
-    ((102.4, 113.8, 125.5), 34.5, 16.2, 0.33),
+# Frost photographs are not redistributable, so frost blends a seeded Gaussian random field
+# with the statistics of the photograph make_cifar_c.py would have drawn (frost1..5 uniformly,
+# downscaled x0.2, random 32x32 crop), measured by scripts/measure_frost.py: mean RGB, std of
+# crop means, per-channel gain on the grey level, and the radially averaged power spectrum of
+# the grey level at DFT radii 1..22 (beyond: the last value).
+FROST_STYLES = (  # (mean RGB, std of crop means, RGB gain on grey, grey power spectrum)
+    (  # frost1.png
+        (77.5, 149, 165.7), 10.7, (1.361, 0.899, 0.74),
+        (8515, 1701, 799, 315, 220, 176, 140, 123, 107, 114, 109, 104, 98, 99, 103, 97, 92, 90, 91,
+         76, 87, 98),
+    ),
+    (  # frost2.png
+        (200.8, 205.4, 214.5), 8.7, (0.975, 0.997, 1.029),
+        (6944, 1950, 786, 662, 494, 361, 384, 305, 281, 292, 254, 270, 224, 205, 188, 198, 175, 159,
+         156, 181, 161, 177),
+    ),
+    (  # frost3.png (= frost2)
+        (200.8, 205.4, 214.5), 8.7, (0.975, 0.997, 1.029),
+        (6944, 1950, 786, 662, 494, 361, 384, 305, 281, 292, 254, 270, 224, 205, 188, 198, 175, 159,
+         156, 181, 161, 177),
+    ),
+    (  # frost4.jpg
+        (138, 153.2, 165.6), 10.4, (0.986, 0.989, 1.025),
+        (8963, 2529, 1344, 1025, 772, 679, 790, 691, 600, 695, 544, 558, 518, 535, 524, 528, 451,
+         476, 466, 486, 422, 428),
+    ),
+    (  # frost5.jpg
+        (112.3, 123.3, 134.7), 15.6, (1.015, 1.003, 0.982),
+        (16072, 7335, 4802, 2954, 2264, 1830, 1432, 1100, 1000, 975, 920, 874, 824, 728, 737, 709,
+         673, 719, 672, 634, 637, 493),
+    ),
 )
 
 
+@cache
+def _frost_amplitudes(size: int) -> torch.Tensor:
+    """(styles, size, size) DFT amplitudes sqrt(P(radius)) of each style's grey level."""
+    fy, fx = np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size), indexing="ij")
+    radius = np.round(np.sqrt(fx**2 + fy**2) * size).astype(int)
+    out = []
+    for *_, spectrum in FROST_STYLES:
+        table = np.array((0.0, *spectrum))
+        power = table[np.minimum(radius, len(table) - 1)] * (size * size / 1024)
+        out.append(np.sqrt(power))
+    return torch.from_numpy(np.stack(out))
+
+
 def frost_texture(rng: ExampleRNG, h: int, w: int) -> torch.Tensor:
-    """(N, 3, H, W) float64 textures in 0..255: a Gaussian random field with the chosen
-    style's mean colour, contrast, crop-to-crop variation and lag-1 autocorrelation."""
+    """(N, 3, H, W) float64 textures in 0..255: per example a style, a crop-level offset and a
+    random field with the style's power spectrum (white noise shaped in the Fourier domain)."""
     style = rng.integers(0, len(FROST_STYLES))
     offset = rng.normal()
-    noise = rng.normal(1, h, w)
-    out = torch.empty(len(rng), 3, h, w, dtype=F64)
-    for s, (mean_rgb, within, between, ac1) in enumerate(FROST_STYLES):
-        sel = style == s
-        if not sel.any():
-            continue
-        # Gaussian smoothing with sigma gives lag-1 correlation exp(-1 / (4 sigma^2)).
-        sigma = (1 / (4 * -np.log(ac1))) ** 0.5
-        field = ops.gaussian_filter(noise[sel], sigma, mode="reflect")
-        wts = np.asarray(ops.scipy_gaussian_weights(sigma))
-        field = field / float((wts**2).sum())  # unit variance: 2-D gain is sum(w^2) per axis
-        mean = torch.tensor(mean_rgb, dtype=F64)
-        gray = mean.mean()
-        level = gray + between * offset[sel].view(-1, 1, 1, 1) + within * field
-        out[sel] = (level * (mean / gray).view(1, 3, 1, 1)).clamp(0, 255)
-    return out
+    noise = rng.normal(h, w)
+    amp = _frost_amplitudes(h)[style]
+    grey = torch.fft.ifft2(torch.fft.fft2(noise) * amp).real  # zero mean, the style's spectrum
+    mean = torch.tensor([s[0] for s in FROST_STYLES], dtype=F64)[style]  # (N, 3)
+    between = torch.tensor([s[1] for s in FROST_STYLES], dtype=F64)[style]
+    gain = torch.tensor([s[2] for s in FROST_STYLES], dtype=F64)[style]
+    level = mean + (between * offset).unsqueeze(1)  # (N, 3)
+    out = level.view(-1, 3, 1, 1) + gain.view(-1, 3, 1, 1) * grey.unsqueeze(1)
+    return out.clamp(0, 255)
 
 
 def frost(x_u8, c, rng: ExampleRNG):
