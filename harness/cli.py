@@ -160,19 +160,23 @@ def cmd_run(args) -> int:
     loaded = [resolve_model(ref, weights=args.weights, device=device) for ref in refs]
     for lm in loaded:
         prepare_model(lm, head, device=device, dtype=args.dtype)
-    err = _console(stderr=True)
-    with Store(args.store or _default_store()) as store:
-        if args.baseline:
-            from harness.suites.cifar10c import find_baseline
+    store_path = args.store or _default_store()
+    if args.baseline:  # read-only lookup first: a missing baseline must not create a store
+        from harness.suites.cifar10c import find_baseline
 
-            name, fp = suite.data_identity(head, params)
+        _, fp = suite.data_identity(head, params)
+        with Store(store_path, readonly=True) as store:
             baseline_id = find_baseline(store, args.baseline, {
                 "data_fingerprint": fp, "params": params, "seed": args.seed})
             baseline = suite.summarize(store, baseline_id)
+    err = _console(stderr=True)
+    with Store(store_path) as store:
         outcomes = _run_all(loaded, suite_name, data, store, args, device, options, err)
     wall = time.perf_counter() - started
     console = _console()
-    console.print(_summary_table(outcomes, args, device, wall))
+    header, table = _summary_table(outcomes, args, device, wall)
+    console.print(header, soft_wrap=True)
+    console.print(table)
     if suite_name == "cifar10c":
         console.print(_corruption_table(outcomes))
         if args.baseline:
@@ -201,9 +205,9 @@ def _summary_table(outcomes, args, device, wall: float):
                 f"{len(params['severities'])} severities | source {params['source']}")
     heads = [o.suite.headline(o.summary) for o in outcomes]
     keys = list(dict.fromkeys(k for h in heads for k in h))
-    table = Table(title=f"suite {first.spec.suite} | data {first.spec.data} | {what} | "
-                        f"seed {args.seed} | {args.dtype} on {device}",
-                  caption=f"wall time {wall:.1f} s (input preparation "
+    header = (f"suite {first.spec.suite} | data {first.spec.data} | {what} | seed {args.seed} | "
+              f"{args.dtype} on {device}")
+    table = Table(caption=f"wall time {wall:.1f} s (input preparation "
                           f"{first.extra.get('inputs_s', 0.0):.1f} s, shared by all models)")
     table.add_column("model")
     for k in keys:
@@ -213,7 +217,7 @@ def _summary_table(outcomes, args, device, wall: float):
     for o, h in zip(outcomes, heads):
         table.add_row(o.spec.model, *[_pct(h[k]) if k in h else "-" for k in keys],
                       f"{o.shards_computed}/{o.shards_total}", f"{o.wall_s:.1f}", o.run_id[:12])
-    return table
+    return header, table
 
 
 def _corruption_table(outcomes):
@@ -224,8 +228,8 @@ def _corruption_table(outcomes):
 
     per = [per_corruption(o.summary) for o in outcomes]
     names = list(dict.fromkeys(k for p in per for k in p))
-    table = Table(title="accuracy % per corruption, mean over severities",
-                  caption="* extra (not in the mean)  ~ approximate generator")
+    table = Table(title="accuracy % by corruption", caption="mean over severities; * extra, "
+                  "not in the mean; ~ approximate generator")
     table.add_column("corruption")
     for o in outcomes:
         table.add_column(o.spec.model, justify="right")

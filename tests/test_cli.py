@@ -219,8 +219,12 @@ def test_main_job_default_models(tmp_path):
                    cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "resnet8" in proc.stdout and "n = 1000 examples" in proc.stdout
-    acc = float(proc.stdout.split("clean")[2].split("│")[2])
-    assert 70 <= acc <= 100
+    from harness.store import Store
+
+    with Store(tmp_path / "s.sqlite", readonly=True) as st:
+        (run,) = st.runs()
+    acc = 100 * run["n_correct"] / run["n"]
+    assert 70 <= acc <= 100 and f"{acc:.2f}" in proc.stdout
 
 
 BROKEN_FILE = """

@@ -15,8 +15,11 @@ only: the release was not seeded.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -98,6 +101,16 @@ _register("saturate", _impl.saturate, [(0.3, 0), (0.1, 0), (1.5, 0), (2, 0.1), (
 CORRUPTIONS.freeze()
 
 
+@functools.cache
+def generator_fingerprint() -> str:
+    """sha256 (16 hex) of this package's source: part of every generated run's spec, so a
+    change to any corruption invalidates stored generated results instead of mixing them."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def list_corruptions(include_extra: bool = False) -> list[str]:
     """The 15 benchmark corruptions in the release's order, then (optionally) the 4 extras."""
     return [n for n in _ORDER if include_extra or CORRUPTIONS.meta(n)["benchmark"]]
@@ -163,4 +176,4 @@ def corrupt(images_uint8, name: str, severity: int, *, seed: int = 0,
 
 
 __all__ = ["CORRUPTIONS", "Corruption", "SEVERITIES", "check_severity", "corrupt",
-           "list_corruptions"]
+           "generator_fingerprint", "list_corruptions"]

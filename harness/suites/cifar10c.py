@@ -25,8 +25,6 @@ from harness.suites._base import SUITES, ShardInputs, Suite
 # Examples per corrupted set by default on the bundled 1,000-image sample: sized so the main
 # job (every default model, 15 x 5 sets) stays within its 5-minute budget on 2 CPU cores.
 SAMPLE_DEFAULT_N = 500
-# Bumped whenever generated corruptions change, so stored generated runs are not reused.
-GENERATOR_VERSION = 1
 CLEAN = {"corruption": "none", "severity": 0, "source": "clean"}
 
 
@@ -113,7 +111,9 @@ class Cifar10CSuite(Suite):
             "clean": bool(data is None or data.clean is not None),
         }
         if src == "generated":
-            params["generator_version"] = GENERATOR_VERSION
+            from harness.corruptions import generator_fingerprint
+
+            params["generator"] = generator_fingerprint()
         return params
 
     def data_identity(self, data, params):

@@ -1,0 +1,244 @@
+"""Suite cifar10c: released files (a small folder in the release's layout, built here),
+generated corruptions, resume, one generation for many models, summaries, CLI errors."""
+
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_cli import one_line_error
+
+import harness.corruptions
+from conftest import run_cli
+from harness.corruptions import corrupt
+from harness.data import load_cifar10_arrays, load_cifar10c, load_sample
+from harness.errors import HarnessError
+from harness.runner import LoadedModel, prepare_model, resolve_model, run_suites
+from harness.store import Store
+from harness.suites.cifar10c import headline, mce, parse_corruptions, parse_severities
+from harness.suites.clean import predict
+from models import create_model
+
+N = 120  # examples per severity written into the small released folder
+
+
+def _write_released(root, clean, names, *, n=N):
+    """CIFAR-10-C/<name>.npy (50000, 32, 32, 3) uint8 sparse files with the first ``n`` rows
+    of every severity filled with distinct data, and labels.npy."""
+    c = root / "CIFAR-10-C"
+    c.mkdir(parents=True)
+    np.save(c / "labels.npy", np.tile(clean.labels.astype(np.uint8), 5))
+    for name in names:
+        arr = np.lib.format.open_memmap(c / f"{name}.npy", mode="w+", dtype=np.uint8,
+                                        shape=(50000, 32, 32, 3))
+        for s in range(1, 6):
+            images = corrupt(torch.from_numpy(clean.images[:n]), name, s, seed=99).numpy()
+            arr[(s - 1) * 10000:(s - 1) * 10000 + n] = images.transpose(0, 2, 3, 1)
+        arr.flush()
+        del arr
+    return c
+
+
+@pytest.fixture(scope="module")
+def released_root(tmp_path_factory, cifar_dir):
+    root = tmp_path_factory.mktemp("data")
+    os.symlink(cifar_dir / "cifar-10-batches-py", root / "cifar-10-batches-py")
+    _write_released(root, load_cifar10_arrays("test", data_dir=cifar_dir), ["fog", "contrast"])
+    return root
+
+
+@pytest.fixture(scope="module")
+def resnet8():
+    lm = resolve_model("resnet8")
+    return lm, prepare_model(lm, load_sample(), device="cpu", dtype="float32")
+
+
+def test_released_files_are_read_at_the_right_rows(released_root, resnet8, tmp_path):
+    store = tmp_path / "s.sqlite"
+    proc = run_cli("run", "--suite", "cifar10c", "--data-dir", str(released_root), "--n", str(N),
+                   "--corruptions", "fog,contrast", "--store", str(store), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "source released" in proc.stdout and "cifar10c-released" in proc.stdout
+    with Store(store, readonly=True) as st:
+        (run,) = st.runs()
+        frame = st.to_frame([run["run_id"]])
+    assert set(frame["source"]) == {"released", "clean"}  # clean: CIFAR-10 sits next to it
+    assert len(frame) == N * (1 + 2 * 5)
+    _, module = resnet8
+    arr = np.load(released_root / "CIFAR-10-C" / "fog.npy", mmap_mode="r")
+    labels = np.load(released_root / "CIFAR-10-C" / "labels.npy")[20000:20000 + N].astype(np.int64)
+    x = torch.from_numpy(np.ascontiguousarray(arr[20000:20000 + N].transpose(0, 3, 1, 2)))
+    pred, _ = predict(module, x, torch.from_numpy(labels), device="cpu", dtype=torch.float32,
+                      batch_size=64)
+    rows = frame[(frame["corruption"] == "fog") & (frame["severity"] == 3)].sort_values("example")
+    assert rows["pred"].tolist() == pred.tolist()
+    assert rows["label"].tolist() == labels.tolist()
+
+
+def test_missing_and_truncated_files_are_one_line_errors(released_root, tmp_path):
+    store = tmp_path / "s.sqlite"
+    proc = run_cli("run", "--suite", "cifar10c", "--data-dir", str(released_root), "--n", "10",
+                   "--corruptions", "fog,snow", "--store", str(store))
+    one_line_error(proc, r"snow\.npy is missing \(present in .*: contrast, fog, labels\)")
+    assert not store.exists()
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "labels.npy").symlink_to(released_root / "CIFAR-10-C" / "labels.npy")
+    with open(released_root / "CIFAR-10-C" / "fog.npy", "rb") as src:
+        (broken / "fog.npy").write_bytes(src.read(4_000_000))
+    proc = run_cli("run", "--suite", "cifar10c", "--data-dir", str(broken), "--corruptions", "fog",
+                   "--store", str(store))
+    one_line_error(proc, r"fog\.npy is unreadable or truncated \(4,000,000 bytes\)")
+    assert not store.exists()
+
+    bad = tmp_path / "badlabels" / "CIFAR-10-C"
+    bad.mkdir(parents=True)
+    np.save(bad / "labels.npy", np.zeros(49999, np.uint8))
+    proc = run_cli("run", "--suite", "cifar10c", "--data-dir", str(bad.parent), "--store", str(store))
+    one_line_error(proc, r"labels\.npy has shape \(49999,\)")
+    assert not store.exists()
+
+
+def test_source_selection(released_root, cifar_dir, tmp_path):
+    assert load_cifar10c(data_dir=released_root).source == "released"
+    assert load_cifar10c(data_dir=released_root, source="generated").source == "generated"
+    assert load_cifar10c(data_dir=cifar_dir).source == "generated"
+    assert load_cifar10c().clean.source == "bundled-sample"
+    with pytest.raises(HarnessError, match="no CIFAR-10-C/labels.npy found"):
+        load_cifar10c(data_dir=cifar_dir, source="released")
+    with pytest.raises(HarnessError, match="holds no CIFAR-10 data"):
+        load_cifar10c(data_dir=released_root / "CIFAR-10-C", source="generated")
+    with pytest.raises(HarnessError, match="--source 'fake'"):
+        load_cifar10c(source="fake")
+
+
+def test_generated_runs_resume_and_do_not_depend_on_shard_size(resnet8):
+    lm, _ = resnet8
+    data = load_cifar10c()
+    opts = {"corruptions": "shot_noise,glass_blur", "severities": "2,5"}
+    with Store(":memory:") as st:
+        (first,) = run_suites(models=[lm], suite="cifar10c", data=data, store=st, n=60,
+                              shard_size=25, options=opts)
+        (again,) = run_suites(models=[lm], suite="cifar10c", data=data, store=st, n=60,
+                              shard_size=25, options=opts)
+        (other,) = run_suites(models=[lm], suite="cifar10c", data=data, store=st, n=60,
+                              shard_size=60, options=opts)
+        assert first.shards_computed == first.shards_total == 3 * 5
+        assert again.shards_computed == 0 and again.run_id == first.run_id
+        assert other.run_id != first.run_id
+
+        def preds(run_id):
+            f = st.to_frame([run_id])
+            return f.sort_values(["corruption", "severity", "example"])[["corruption", "severity",
+                                                                          "example", "pred"]]
+        pd.testing.assert_frame_equal(preds(first.run_id).reset_index(drop=True),
+                                      preds(other.run_id).reset_index(drop=True))
+
+
+def test_each_set_is_generated_once_for_all_models(resnet8, monkeypatch):
+    calls = []
+    real = harness.corruptions.corrupt
+
+    def counting(images, name, severity, **kw):
+        calls.append((name, severity, len(images)))
+        return real(images, name, severity, **kw)
+
+    monkeypatch.setattr(harness.corruptions, "corrupt", counting)
+    torch.manual_seed(1)
+    other = LoadedModel(name="resnet8-gelu-untrained", module=create_model("resnet8-gelu"),
+                        identity={"factory": "resnet8-gelu", "weights": "random seed 1"})
+    with Store(":memory:") as st:
+        outs = run_suites(models=[resnet8[0], other], suite="cifar10c", data=load_cifar10c(),
+                          store=st, n=40, options={"corruptions": "fog,pixelate"})
+        assert len({o.run_id for o in outs}) == 2
+        assert sorted(calls) == [(c, s, 40) for c in ("fog", "pixelate") for s in range(1, 6)]
+        accs = [o.suite.headline(o.summary)["mean"] for o in outs]
+        assert accs[0] > 0.5 and accs[1] < 0.3  # trained vs untrained: both really evaluated
+
+
+def _summary(rows):
+    df = pd.DataFrame(rows, columns=["corruption", "severity", "source", "n", "n_correct"])
+    df["accuracy"] = df["n_correct"] / df["n"]
+    return df
+
+
+def test_headline_and_mce_arithmetic():
+    from harness.corruptions import list_corruptions
+
+    rows = [("none", 0, "clean", 100, 90)]
+    for i, c in enumerate(list_corruptions()):
+        for s in range(1, 6):
+            rows.append((c, s, "generated", 100, 80 - 5 * s + (i % 3)))
+    rows.append(("saturate", 3, "generated", 100, 10))
+    hl = headline(_summary(rows))
+    assert hl["clean"] == pytest.approx(0.90)
+    assert hl["s1"] == pytest.approx(np.mean([75 + i % 3 for i in range(15)]) / 100)
+    assert hl["mean"] == pytest.approx(np.mean([80 - 5 * s + i % 3 for i in range(15)
+                                                for s in range(1, 6)]) / 100)
+    assert hl["extras"] == pytest.approx(0.10)  # extras never enter the mean
+    base = [("none", 0, "clean", 100, 80)] + [(c, s, "generated", 100, 40)
+                                              for c in list_corruptions() for s in range(1, 6)]
+    m = mce(_summary(rows), _summary(base))
+    ce = [sum(100 - (80 - 5 * s + i % 3) for s in range(1, 6)) / (5 * 60) for i in range(15)]
+    assert m["mce"] == pytest.approx(100 * np.mean(ce))
+    rel = [sum((100 - (80 - 5 * s + i % 3)) - 10 for s in range(1, 6)) / (5 * (60 - 20))
+           for i in range(15)]
+    assert m["relative_mce"] == pytest.approx(100 * np.mean(rel))
+
+
+def test_option_parsing():
+    assert parse_corruptions("fog, jpeg") == ["fog", "jpeg_compression"]  # release order
+    assert parse_corruptions("extra") == ["speckle_noise", "gaussian_blur", "spatter", "saturate"]
+    assert len(parse_corruptions("all")) == 19 and len(parse_corruptions(None)) == 15
+    assert parse_severities("1,3-5") == [1, 3, 4, 5]
+    with pytest.raises(HarnessError, match="did you mean 'snow'"):
+        parse_corruptions("snwo")
+    with pytest.raises(HarnessError, match="from 1 to 5, got 6"):
+        parse_severities("4-6")
+    with pytest.raises(HarnessError, match="'x' is not a severity"):
+        parse_severities("x")
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--corruptions", "fgo"], r"unknown corruption 'fgo'; did you mean 'fog'"),
+    (["--severities", "0"], r"severity must be an integer from 1 to 5, got 0"),
+    (["--source", "released"], r"--source released: no CIFAR-10-C/labels.npy found"),
+    (["--baseline", "resnet8"], r"store .* does not exist"),
+    (["--n", "1001"], r"--n 1001 exceeds the 1000 examples"),
+])
+def test_cli_bad_input_exits_2_without_a_store(tmp_path, args, pattern):
+    store = tmp_path / "s.sqlite"
+    proc = run_cli("run", "--suite", "cifar10c", "--store", str(store), *args, cwd=tmp_path)
+    one_line_error(proc, pattern)
+    assert not store.exists()
+
+
+def test_suite_options_are_rejected_elsewhere(tmp_path):
+    proc = run_cli("run", "--suite", "clean", "--corruptions", "fog", "--store",
+                   str(tmp_path / "s.sqlite"))
+    one_line_error(proc, r"--corruptions does not apply to suite 'clean'")
+
+
+@pytest.mark.slow
+def test_main_job_and_baseline_mce(tmp_path):
+    store = tmp_path / "s.sqlite"
+    proc = run_cli("run", "--suite", "cifar10c", "--store", str(store), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "n = 500 per set | 15 corruptions x 5 severities | source generated" in out
+    assert "C-10-C mean %" in out and "frost ~" in out
+    with Store(store, readonly=True) as st:
+        runs = st.runs()
+        assert [r["model"] for r in runs] == ["resnet8"] and runs[0]["complete"]
+        assert runs[0]["n_shards"] == 76 and runs[0]["n"] == 500 * 76
+    proc = run_cli("run", "--suite", "cifar10c", "--store", str(store), "--baseline", "resnet8",
+                   "--quiet", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "resnet8: mCE 100.0 %, relative mCE 100.0 %" in proc.stdout  # itself as baseline
+    show = run_cli("show", runs[0]["run_id"][:10], "--store", str(store), "--format", "json")
+    doc = json.loads(show.stdout)
+    sources = {r["source"] for r in doc["rows"]}
+    assert sources == {"clean", "generated"} and len(doc["rows"]) == 76
