@@ -17,7 +17,6 @@ from functools import cache
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def border_index(idx: torch.Tensor, size: int, mode: str) -> torch.Tensor:
@@ -60,15 +59,26 @@ def correlate1d(x: torch.Tensor, weights: torch.Tensor, dim: int, mode: str) -> 
 def correlate2d(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
     """Per-channel 2-D correlation of (N, C, H, W) with an odd (kh, kw) kernel (cv2.filter2D).
 
-    Kernels above 3x3 go through the FFT (the valid part of a circular convolution of the
-    padded image), which is exact to float64 rounding and much faster than a float64 conv2d.
+    Zero border rows/columns of the kernel are dropped first (defocus's 17x17 disks have 5x5
+    support). Small kernels are a sum of shifted slices in the input's dtype; large ones go
+    through the FFT (the valid part of a circular convolution of the padded image), exact to
+    float64 rounding and much faster than a float64 conv2d.
     """
-    kh, kw = kernel.shape
-    n, c, h, w = x.shape
-    xp = pad(pad(x, kh // 2, kh // 2, -2, mode), kw // 2, kw // 2, -1, mode)
     kernel = kernel.to(x.device, x.dtype)
-    if kh * kw <= 9:
-        return F.conv2d(xp, kernel.expand(c, 1, kh, kw), groups=c)
+    while kernel.shape[0] > 1 and not kernel[[0, -1]].any():
+        kernel = kernel[1:-1]
+    while kernel.shape[1] > 1 and not kernel[:, [0, -1]].any():
+        kernel = kernel[:, 1:-1]
+    kh, kw = kernel.shape
+    h, w = x.shape[-2:]
+    xp = pad(pad(x, kh // 2, kh // 2, -2, mode), kw // 2, kw // 2, -1, mode)
+    if kh * kw <= 49:
+        out = torch.zeros_like(x)
+        for i, row in enumerate(kernel.tolist()):
+            for j, k in enumerate(row):
+                if k != 0:
+                    out.add_(xp[..., i:i + h, j:j + w], alpha=k)
+        return out
     size = xp.shape[-2:]
     spec = torch.fft.rfft2(xp) * torch.fft.rfft2(kernel.flip(0, 1), s=size)
     return torch.fft.irfft2(spec, s=size)[..., kh - 1:, kw - 1:]
@@ -83,21 +93,40 @@ def scipy_gaussian_weights(sigma: float, truncate: float = 4.0) -> tuple[float, 
     return tuple((w / w.sum()).tolist())
 
 
+@cache
+def filter_matrix(size: int, weights: tuple[float, ...], mode: str) -> torch.Tensor:
+    """(size, size) float64 matrix of a 1-D correlation with an odd kernel under a border
+    ``mode``: row i holds the weights of the taps i - r .. i + r, folded back into the image."""
+    r = len(weights) // 2
+    m = torch.zeros(size, size, dtype=torch.float64)
+    rows = torch.arange(size)
+    for t, wt in enumerate(weights):
+        cols = border_index(rows + t - r, size, mode)
+        m.index_put_((rows, cols), torch.full((size,), float(wt), dtype=torch.float64),
+                     accumulate=True)
+    return m
+
+
 def gaussian_filter(x: torch.Tensor, sigma: float, *, mode: str = "nearest",
                     truncate: float = 4.0) -> torch.Tensor:
     """``skimage.filters.gaussian`` / ``scipy.ndimage.gaussian_filter`` over the last two dims
-    (channels are not mixed). ``sigma`` of 0 returns the input, as scipy does."""
+    (channels are not mixed), as two small matmuls with the border folded into the matrices.
+    ``sigma`` of 0 returns the input, as scipy does."""
     if sigma <= 1e-15:
         return x
-    w = torch.tensor(scipy_gaussian_weights(float(sigma), truncate), dtype=x.dtype, device=x.device)
-    return correlate1d(correlate1d(x, w, -2, mode), w, -1, mode)
+    weights = scipy_gaussian_weights(float(sigma), truncate)
+    if len(weights) == 1:
+        return x
+    rows = filter_matrix(x.shape[-2], weights, mode).to(x.device, x.dtype)
+    cols = filter_matrix(x.shape[-1], weights, mode).to(x.device, x.dtype)
+    return torch.matmul(torch.matmul(rows, x), cols.T)
 
 
 def bilinear_sample(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, mode: str
                     ) -> torch.Tensor:
     """Sample (N, C, H, W) at fractional (N, H', W') positions with bilinear weights; positions
     outside the image follow the border ``mode`` (scipy ``map_coordinates(order=1)`` and
-    ``cv2.remap(INTER_LINEAR)`` semantics)."""
+    ``cv2.remap(INTER_LINEAR)`` semantics). Weights and output are in x's dtype."""
     n, c, h, w = x.shape
     r0 = torch.floor(rows)
     c0 = torch.floor(cols)
@@ -105,15 +134,17 @@ def bilinear_sample(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, mod
     fc = (cols - c0).to(x.dtype).unsqueeze(1)
     r0 = r0.long()
     c0 = c0.long()
+    ra, rb = border_index(r0, h, mode) * w, border_index(r0 + 1, h, mode) * w
+    ca, cb = border_index(c0, w, mode), border_index(c0 + 1, w, mode)
     flat = x.reshape(n, c, h * w)
 
     def tap(ri, ci):
-        idx = border_index(ri, h, mode) * w + border_index(ci, w, mode)
-        return flat.gather(2, idx.reshape(n, 1, -1).expand(n, c, -1)).reshape(n, c, *rows.shape[1:])
+        idx = (ri + ci).reshape(n, 1, -1).expand(n, c, -1)
+        return flat.gather(2, idx).reshape(n, c, *rows.shape[1:])
 
-    top = tap(r0, c0) * (1 - fc) + tap(r0, c0 + 1) * fc
-    bottom = tap(r0 + 1, c0) * (1 - fc) + tap(r0 + 1, c0 + 1) * fc
-    return top * (1 - fr) + bottom * fr
+    top = torch.lerp(tap(ra, ca), tap(ra, cb), fc)
+    bottom = torch.lerp(tap(rb, ca), tap(rb, cb), fc)
+    return torch.lerp(top, bottom, fr)
 
 
 # -- colour ------------------------------------------------------------------------------------
@@ -158,29 +189,28 @@ def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
 
 # -- resampling --------------------------------------------------------------------------------
 @cache
-def zoom_matrix(size: int, zoom: float) -> np.ndarray:
-    """(size, size) linear map of ``clipped_zoom``: centre crop of ``ceil(size/zoom)``, then
-    ``scipy.ndimage.zoom(order=1)`` (corner-aligned grid) to ``round(crop*zoom)`` and a centre
-    trim back to ``size``."""
+def zoom_matrix(size: int, zoom: float) -> torch.Tensor:
+    """(size, size) float64 linear map of ``clipped_zoom`` along one axis: centre crop of
+    ``ceil(size/zoom)``, ``scipy.ndimage.zoom(order=1)`` (corner-aligned grid) to
+    ``round(crop*zoom)``, centre trim back to ``size``."""
     ch = int(np.ceil(size / zoom))
     top = (size - ch) // 2
     out = int(round(ch * zoom))
     trim = (out - size) // 2
-    a = np.zeros((size, size), dtype=np.float64)
     step = (ch - 1) / (out - 1) if out > 1 else 0.0
+    a = np.zeros((size, size), dtype=np.float64)
     for j in range(size):
         t = (j + trim) * step
         i0 = int(np.floor(t))
-        f = t - i0
-        i1 = min(i0 + 1, ch - 1)
-        a[j, top + i0] += 1 - f
-        a[j, top + i1] += f
-    return a
+        a[j, top + i0] += 1 - (t - i0)
+        a[j, top + min(i0 + 1, ch - 1)] += t - i0
+    return torch.from_numpy(a)
 
 
-def apply_separable(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """``rows @ x @ cols.T`` over the last two dims."""
-    return torch.matmul(torch.matmul(rows.to(x.dtype), x), cols.to(x.dtype).transpose(-1, -2))
+def clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
+    """``clipped_zoom`` of make_cifar_c.py over the last two (equal) dims, in x's dtype."""
+    a = zoom_matrix(x.shape[-1], zoom).to(x.device, x.dtype)
+    return torch.matmul(torch.matmul(a, x), a.T)
 
 
 PIL_PRECISION_BITS = 32 - 8 - 2
@@ -242,19 +272,24 @@ def motion_blur(x: torch.Tensor, radius: float, sigma: float, angle_deg: torch.T
 
     Tap ``i`` reads the pixel at integer offset ``(ceil(i cos a - 0.5), ceil(i sin a - 0.5))``
     (x, y), edge pixels extend the image (ImageMagick's default virtual pixels), and the result
-    is rounded to 8 bit as the PNG round trip of the original does.
+    is rounded to 8 bit as the PNG round trip of the original does. Accumulates in float32
+    (the inputs are 8-bit values), one gather per tap.
     """
     n, c, h, w = x.shape
-    k = torch.tensor(magick_motion_kernel(radius, sigma), dtype=x.dtype, device=x.device)
-    i = torch.arange(k.numel(), dtype=torch.float64, device=x.device)
-    a = torch.deg2rad(angle_deg.to(torch.float64)).unsqueeze(1)
-    ox = torch.ceil(i * torch.cos(a) - 0.5).long()  # (N, taps)
-    oy = torch.ceil(i * torch.sin(a) - 0.5).long()
-    yy = torch.arange(h, device=x.device).view(1, 1, h, 1)
-    xx = torch.arange(w, device=x.device).view(1, 1, 1, w)
-    rows = (yy + oy.view(n, -1, 1, 1)).clamp(0, h - 1)
-    cols = (xx + ox.view(n, -1, 1, 1)).clamp(0, w - 1)
-    idx = (rows * w + cols).reshape(n, 1, -1).expand(n, c, -1)
-    taps = x.reshape(n, c, h * w).gather(2, idx).reshape(n, c, -1, h, w)
-    out = (taps * k.view(1, 1, -1, 1, 1)).sum(2)
-    return torch.floor(out + 0.5).clamp_(0, 255)
+    k = magick_motion_kernel(radius, sigma)
+    taps = len(k)
+    a = torch.deg2rad(angle_deg.to("cpu", torch.float64)).unsqueeze(1)
+    i = torch.arange(taps, dtype=torch.float64)
+    ox = torch.ceil(i * torch.cos(a) - 0.5).long().to(x.device)  # (N, taps)
+    oy = torch.ceil(i * torch.sin(a) - 0.5).long().to(x.device)
+    p = taps  # every offset lies within [-taps, taps]
+    xp = pad(pad(x.to(torch.float32), p, p, -2, "nearest"), p, p, -1, "nearest")
+    wp = w + 2 * p
+    flat = xp.reshape(n, c, -1)
+    base = ((torch.arange(h, device=x.device) + p).view(h, 1) * wp
+            + torch.arange(w, device=x.device) + p).view(1, -1)
+    out = torch.zeros(n, c, h * w, dtype=torch.float32, device=x.device)
+    for t in range(taps):
+        idx = (base + (oy[:, t] * wp + ox[:, t]).view(n, 1)).unsqueeze(1).expand(n, c, -1)
+        out.add_(flat.gather(2, idx), alpha=float(k[t]))
+    return torch.floor(out.view(n, c, h, w).double() + 0.5).clamp_(0, 255)

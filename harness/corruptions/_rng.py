@@ -22,7 +22,11 @@ def example_seed(seed: int, corruption: str, severity: int, index: int) -> int:
 
 class ExampleRNG:
     """Independent streams for a batch of examples; each draw returns a stacked CPU tensor
-    (N, *shape) in float64 (or int64 for integers), advancing every example's stream."""
+    (N, *shape) in float64 (or int64 for integers), advancing every example's stream.
+
+    Uniform and normal variates are drawn in float32 (torch's vectorised CPU path, ~4x faster
+    than float64) and widened: a 2^-24 resolution is far finer than any corruption needs.
+    """
 
     def __init__(self, seed: int, corruption: str, severity: int, indices: Sequence[int]) -> None:
         self.generators = []
@@ -36,13 +40,13 @@ class ExampleRNG:
 
     def uniform(self, *shape: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
         """U[low, high) per element."""
-        u = torch.stack([torch.rand(shape, generator=g, dtype=torch.float64) for g in self.generators])
-        return low + (high - low) * u
+        u = torch.stack([torch.rand(shape, generator=g) for g in self.generators])
+        return low + (high - low) * u.double()
 
     def normal(self, *shape: int, loc: float = 0.0, scale: float = 1.0) -> torch.Tensor:
         """N(loc, scale²) per element."""
-        z = torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in self.generators])
-        return loc + scale * z
+        z = torch.stack([torch.randn(shape, generator=g) for g in self.generators])
+        return loc + scale * z.double()
 
     def integers(self, low: int, high: int, *shape: int) -> torch.Tensor:
         """Integers in [low, high) per element."""
