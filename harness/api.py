@@ -26,6 +26,7 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 250,
     name: str | None = None,
+    **options,
 ):
     """Evaluate ``model`` on ``suite`` and return its per-example results.
 
@@ -41,31 +42,36 @@ def evaluate(
         seed: run seed.
         batch_size: evaluation batch size.
         name: label of the model in the store (default: its class name).
+        **options: suite options, e.g. for ``cifar10c``: ``corruptions="fog,snow"``,
+            ``severities="3-5"``, ``source="released" | "generated" | "auto"``.
 
     Returns:
         pandas.DataFrame, one row per (condition, example): run_id, model, suite, data, seed,
         shard_key, condition columns, example, label, pred, correct, loss.
 
     Raises:
-        HarnessError: unknown suite, bad data directory, n out of range.
+        HarnessError: unknown suite or option, bad data directory, n out of range.
     """
     from torch import nn
 
-    from harness.data import load_cifar10_arrays
     from harness.runner import LoadedModel, check_device, run_suite
     from harness.store import Store
+    from harness.suites import SUITES
 
     if not isinstance(model, nn.Module):
         raise HarnessError(f"evaluate() needs a torch.nn.Module, got {type(model).__name__}")
     device = check_device(device)
-    data = load_cifar10_arrays("test", data_dir=data_dir)
+    suite_obj = SUITES.get(suite)()
+    options = suite_obj.check_options(options)
+    data = suite_obj.load_data(data_dir=data_dir, **{k: v for k, v in options.items()
+                                                     if k == "source"})
     if n is not None and not 1 <= n <= len(data):
-        raise HarnessError(f"n={n} is outside 1..{len(data)} for {data.source}")
+        raise HarnessError(f"n={n} is outside 1..{len(data)} for {data.name}")
     label = name or type(model).__name__
     loaded = LoadedModel(name=label, module=model.to(device).eval(),
                          identity={"python_class": f"{type(model).__module__}."
                                                    f"{type(model).__qualname__}"})
     with Store(":memory:" if store is None else store) as st:
         outcome = run_suite(model=loaded, suite=suite, data=data, store=st, n=n, seed=seed,
-                            device=device, batch_size=batch_size)
+                            device=device, batch_size=batch_size, options=options)
         return st.to_frame([outcome.run_id])

@@ -64,3 +64,17 @@ def test_evaluate_bad_input():
         harness.evaluate(ConstantClassifier(0), suite="clen")
     with pytest.raises(HarnessError, match="outside 1..1000"):
         harness.evaluate(ConstantClassifier(0), suite="clean", n=0)
+
+
+def test_evaluate_cifar10c_with_options():
+    from models import create_model
+
+    df = harness.evaluate(create_model("resnet8", pretrained=True), suite="cifar10c", n=40,
+                          corruptions="contrast", severities="1,5")
+    assert sorted(set(zip(df["corruption"], df["severity"]))) == [
+        ("contrast", 1), ("contrast", 5), ("none", 0)]
+    assert (df.groupby("severity").size() == 40).all()
+    acc = df.groupby("severity")["correct"].mean()
+    assert acc[0] > acc[5]  # severity 5 contrast hurts
+    with pytest.raises(HarnessError, match="does not apply to suite 'clean'"):
+        harness.evaluate(create_model("resnet8"), suite="clean", corruptions="fog")
