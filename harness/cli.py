@@ -299,15 +299,23 @@ def cmd_ls(args) -> int:
         from harness.store import Store
 
         path = args.store or _default_store()
+        from harness.suites import SUITES
+
         with Store(path, readonly=True) as store:
             runs = [r for r in store.runs() if fnmatch.fnmatchcase(r["model"], args.pattern)]
+            heads = []
+            for r in runs:  # each suite's headline number (cifar10c: the 15 x 5 mean)
+                suite = SUITES.get(r["suite"])() if r["suite"] in SUITES and r["n"] else None
+                head = suite.headline(suite.summarize(store, r["run_id"])) if suite else {}
+                key = suite.primary if suite and suite.primary in head else None
+                heads.append(f"{_pct(head[key])} ({_HEADLINE_LABELS.get(key, key).rstrip(' %')})"
+                             if key else "-")
         table = Table(title=f"runs in {path}")
         for col in ("run", "model", "suite", "data", "n", "accuracy %", "status", "started (UTC)"):
             table.add_column(col)
-        for r in runs:
-            acc = _pct(r["n_correct"] / r["n"]) if r["n"] else "-"
+        for r, head in zip(runs, heads):
             table.add_row(r["run_id"][:12], r["model"], r["suite"], r["spec"]["data"],
-                          str(r["n"]), acc, "complete" if r["complete"] else "partial",
+                          str(r["n"]), head, "complete" if r["complete"] else "partial",
                           r["started_utc"])
         console.print(table)
     return 0

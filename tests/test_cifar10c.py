@@ -159,6 +159,13 @@ def test_each_set_is_generated_once_for_all_models(resnet8, monkeypatch):
         assert accs[0] > 0.5 and accs[1] < 0.3  # trained vs untrained: both really evaluated
 
 
+def st_summary(path, run_id):
+    from harness.suites.cifar10c import Cifar10CSuite
+
+    with Store(path, readonly=True) as st:
+        return Cifar10CSuite().summarize(st, run_id)
+
+
 def _summary(rows):
     df = pd.DataFrame(rows, columns=["corruption", "severity", "source", "n", "n_correct"])
     df["accuracy"] = df["n_correct"] / df["n"]
@@ -238,6 +245,9 @@ def test_main_job_and_baseline_mce(tmp_path):
                    "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "resnet8: mCE 100.0 %, relative mCE 100.0 %" in proc.stdout  # itself as baseline
+    listing = run_cli("ls", "runs", "--store", str(store))
+    mean = 100 * headline(st_summary(store, runs[0]["run_id"]))["mean"]
+    assert f"{mean:.2f} (C-10-C mean)" in listing.stdout
     show = run_cli("show", runs[0]["run_id"][:10], "--store", str(store), "--format", "json")
     doc = json.loads(show.stdout)
     sources = {r["source"] for r in doc["rows"]}

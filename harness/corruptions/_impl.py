@@ -112,10 +112,8 @@ def _disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
     t = np.arange(ksize, dtype=np.float64) - (ksize - 1) / 2
     g = np.exp(-(t**2) / (2 * alias_blur**2))
     g /= g.sum()
-    k = torch.from_numpy(disk).to(F64).view(1, 1, *disk.shape)
-    w = torch.from_numpy(g)
-    k = ops.correlate1d(ops.correlate1d(k, w, -2, "mirror"), w, -1, "mirror")
-    return k[0, 0].to(torch.float32)
+    blur = ops.filter_matrix(disk.shape[0], tuple(g.tolist()), "mirror")
+    return (blur @ torch.from_numpy(disk).to(F64) @ blur.T).to(torch.float32)
 
 
 def defocus_blur(x_u8, c, rng=None):

@@ -43,19 +43,6 @@ def pad(x: torch.Tensor, before: int, after: int, dim: int, mode: str) -> torch.
     return x.index_select(dim, border_index(idx, size, mode))
 
 
-def correlate1d(x: torch.Tensor, weights: torch.Tensor, dim: int, mode: str) -> torch.Tensor:
-    """Correlate along ``dim`` (-1 or -2) with an odd 1-D kernel (a sum of shifted slices)."""
-    k = weights.numel()
-    r = k // 2
-    xp = pad(x, r, r, dim, mode)
-    size = x.shape[dim]
-    out = None
-    for i, wi in enumerate(weights.tolist()):
-        term = xp.narrow(dim, i, size) * wi
-        out = term if out is None else out.add_(term)
-    return out
-
-
 def correlate2d(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
     """Per-channel 2-D correlation of (N, C, H, W) with an odd (kh, kw) kernel (cv2.filter2D).
 

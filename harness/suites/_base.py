@@ -47,11 +47,13 @@ class Suite:
         name: registry name (set by the registration).
         default_shard_size: examples per shard (a shard is the unit of resume).
         options: names of the suite-specific options it accepts (CLI flags, API keywords).
+        primary: the :meth:`headline` key that lists of runs show.
     """
 
     name: str = ""
     default_shard_size: int = 500
     options: tuple[str, ...] = ()
+    primary: str = "accuracy"
 
     def check_options(self, options: Mapping[str, Any]) -> dict[str, Any]:
         """Drop unset options; reject ones this suite does not take."""

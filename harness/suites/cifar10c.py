@@ -87,6 +87,7 @@ class Cifar10CSuite(Suite):
     name = "cifar10c"
     default_shard_size = 500
     options = ("corruptions", "severities", "source")
+    primary = "mean"
 
     def load_data(self, *, data_dir=None, source: str = "auto", **options: Any):
         from harness.data import load_cifar10c
