@@ -156,7 +156,8 @@ def cmd_run(args) -> int:
     head = data.head(args.n if args.n is not None else suite.default_n(data))
     # Validate every option against the data (names, severities, released files) and probe
     # every model before the store is opened: a bad input must not leave a new store behind.
-    params = suite.params(n=len(head), shard_size=args.shard_size, data=head, **options)
+    params = suite.params(n=len(head), shard_size=args.shard_size, data=head, device=device,
+                          **options)
     loaded = [resolve_model(ref, weights=args.weights, device=device) for ref in refs]
     for lm in loaded:
         prepare_model(lm, head, device=device, dtype=args.dtype)
@@ -185,6 +186,9 @@ def cmd_run(args) -> int:
             for o in outcomes:
                 m = mce(o.summary, baseline)
                 rel = f", relative mCE {m['relative_mce']:.1f} %" if "relative_mce" in m else ""
+                if m.get("relative_excluded"):
+                    rel += f" (without {', '.join(m['relative_excluded'])}: baseline error not " \
+                           "above its clean error)"
                 console.print(f"{o.spec.model}: mCE {m['mce']:.1f} %{rel} (baseline "
                               f"{args.baseline}, run {baseline_id[:12]})")
     return 0

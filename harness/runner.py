@@ -319,7 +319,8 @@ def run_suites(
     suite_obj = SUITES.get(suite_name)()
     options = suite_obj.check_options(options or {})
     data = data.head(n if n is not None else suite_obj.default_n(data))
-    params = suite_obj.params(n=len(data), shard_size=shard_size, data=data, **options)
+    params = suite_obj.params(n=len(data), shard_size=shard_size, data=data, device=device,
+                              **options)
     data_name, data_fp = suite_obj.data_identity(data, params)
     shards = suite_obj.shards(data, params)
     runs = []

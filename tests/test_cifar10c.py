@@ -252,3 +252,51 @@ def test_main_job_and_baseline_mce(tmp_path):
     doc = json.loads(show.stdout)
     sources = {r["source"] for r in doc["rows"]}
     assert sources == {"clean", "generated"} and len(doc["rows"]) == 76
+
+
+def test_baseline_must_cover_the_run(resnet8):
+    from harness.suites.cifar10c import Cifar10CSuite, find_baseline
+
+    lm, _ = resnet8
+    data = load_cifar10c()
+    with Store(":memory:") as st:
+        (fog,) = run_suites(models=[lm], suite="cifar10c", data=data, store=st, n=30,
+                            options={"corruptions": "fog"})
+        run_suites(models=[lm], suite="cifar10c", data=data, store=st, n=30,
+                   options={"corruptions": "snow"})  # later, but covers other sets
+        suite = Cifar10CSuite()
+        head = data.head(30)
+
+        def spec(**opts):
+            params = suite.params(n=30, data=head, **opts)
+            return {"data_fingerprint": suite.data_identity(head, params)[1], "params": params,
+                    "seed": 0}
+
+        assert find_baseline(st, "resnet8", spec(corruptions="fog", severities="1-4")) == fog.run_id
+        with pytest.raises(HarnessError, match="covers these corruption sets"):
+            find_baseline(st, "resnet8", spec(corruptions="fog,snow"))
+        with pytest.raises(HarnessError, match="covers these corruption sets"):
+            find_baseline(st, "resnet8", {**spec(corruptions="fog"), "seed": 1})
+
+
+def test_generated_runs_record_their_generator_and_refuse_float64_less_devices():
+    from harness.suites.cifar10c import Cifar10CSuite
+
+    suite, data = Cifar10CSuite(), load_cifar10c().head(10)
+    gen = suite.params(n=10, data=data, device="cpu")["generator"]
+    assert gen["device"] == "cpu" and gen["torch"] == torch.__version__.split("+")[0]
+    assert len(gen["code"]) == 16
+    with pytest.raises(HarnessError, match="float64, which mps lacks"):
+        suite.params(n=10, data=data, device="mps")
+
+
+def test_relative_mce_lists_corruptions_it_cannot_normalise():
+    from harness.corruptions import list_corruptions
+
+    run = [("none", 0, "clean", 100, 90)] + [(c, 1, "generated", 100, 70)
+                                             for c in list_corruptions()]
+    base = [("none", 0, "clean", 100, 80)] + [(c, 1, "generated", 100, 80 if c == "brightness"
+                                               else 60) for c in list_corruptions()]
+    m = mce(_summary(run), _summary(base))
+    assert m["relative_excluded"] == ["brightness"]
+    assert m["relative_mce"] == pytest.approx(100 * (30 - 10) / (40 - 20))

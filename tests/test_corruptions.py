@@ -31,7 +31,7 @@ def test_listing_follows_the_release():
     assert list_corruptions() == RELEASE_ORDER
     assert list_corruptions(include_extra=True) == ALL
     assert {n for n in ALL if not CORRUPTIONS.meta(n)["benchmark"]} == set(EXTRAS)
-    assert {n for n in ALL if CORRUPTIONS.meta(n)["approximate"]} == {"frost", "spatter"}
+    assert {n for n in ALL if CORRUPTIONS.meta(n)["approximate"]} == {"frost"}
     assert set(ALL) - set(RANDOM) == {"defocus_blur", "zoom_blur", "brightness", "contrast",
                                       "pixelate", "jpeg_compression", "gaussian_blur", "saturate"}
     assert CORRUPTIONS.resolve("jpeg") == "jpeg_compression"

@@ -112,8 +112,11 @@ def _disk_kernel(radius: float, alias_blur: float) -> torch.Tensor:
     t = np.arange(ksize, dtype=np.float64) - (ksize - 1) / 2
     g = np.exp(-(t**2) / (2 * alias_blur**2))
     g /= g.sum()
-    blur = ops.filter_matrix(disk.shape[0], tuple(g.tolist()), "mirror")
-    return (blur @ torch.from_numpy(disk).to(F64) @ blur.T).to(torch.float32)
+    # cv2.GaussianBlur of a float32 image: float32 taps, float32 arithmetic. (Summing in float64
+    # instead leaves s1's kernel 1.4e-8 short of 1, so flat regions truncate one level lower.)
+    blur = ops.filter_matrix(disk.shape[0], tuple(g.astype(np.float32).tolist()), "mirror")
+    blur = blur.to(torch.float32)
+    return blur @ torch.from_numpy(disk) @ blur.T
 
 
 def defocus_blur(x_u8, c, rng=None):
@@ -326,10 +329,34 @@ def _affine_matrices(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve(a, dst).transpose(1, 2)
 
 
+def _invert_affine(m: torch.Tensor) -> torch.Tensor:
+    """cv2.invertAffineTransform for (N, 2, 3) matrices, with OpenCV's formula."""
+    a, b, c = m[:, 0].unbind(1)
+    d, e, f = m[:, 1].unbind(1)
+    det = a * e - b * d
+    inv_det = torch.where(det != 0, 1 / det, torch.zeros_like(det))
+    a11, a12, a21, a22 = e * inv_det, -b * inv_det, -d * inv_det, a * inv_det
+    b1, b2 = -a11 * c - a12 * f, -a21 * c - a22 * f
+    return torch.stack((torch.stack((a11, a12, b1), 1), torch.stack((a21, a22, b2), 1)), 1)
+
+
+def _warp_coordinate(row: torch.Tensor, xx: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
+    """One source coordinate of cv2.warpAffine(INTER_LINEAR) of OpenCV 3 (what made the
+    release) for (N, 3) inverse-matrix rows: it sums x*M0 and y*M1 + M2, each rounded to
+    1/1024 (cvRound, half to even), adds half a 1/32 step and truncates to the 1/32 grid of its
+    interpolation table. (OpenCV 5 interpolates at the exact coordinate.)"""
+    ab_scale, shift = 1024, 5
+    per_x = torch.round(row[:, 0, None, None] * xx * ab_scale)
+    per_y = torch.round((row[:, 1, None, None] * yy + row[:, 2, None, None]) * ab_scale)
+    fixed = (per_x + per_y).long() + ab_scale // 32 // 2
+    return (fixed >> shift).double() / 32
+
+
 def elastic_transform(x_u8, c, rng: ExampleRNG):
-    """Random affine (cv2.warpAffine, bilinear, reflect-101; source coordinates on OpenCV's
-    1/32-pixel grid) then a smooth random displacement resampled with scipy's
-    ``map_coordinates(order=1, mode='reflect')``."""
+    """Random affine (cv2.warpAffine, bilinear, reflect-101, with OpenCV's fixed-point source
+    coordinates) then a smooth random displacement resampled with scipy's
+    ``map_coordinates(order=1, mode='reflect')`` as scipy computed it when the release was made
+    (border rule of scipy < 1.6; see :func:`ops.legacy_reflect`)."""
     alpha, sigma, jitter = c
     n, _, h, w = x_u8.shape
     x = to_unit(x_u8, torch.float32).to(F64)
@@ -340,14 +367,11 @@ def elastic_transform(x_u8, c, rng: ExampleRNG):
     jit = rng.uniform(3, 2, low=-jitter, high=jitter).to(torch.float32)
     pts2 = (pts1.to(torch.float32) + jit).to(F64)  # float32 sum, as the original
     m = _affine_matrices(pts1.expand(n, 3, 2), pts2)  # maps source -> destination
-    full = torch.cat((m, torch.tensor([0.0, 0.0, 1.0], dtype=F64).expand(n, 1, 3)), 1)
-    inv = torch.linalg.inv(full)[:, :2].to(x.device)  # destination -> source
+    inv = _invert_affine(m).to(x.device)  # destination -> source, as cv2.invertAffineTransform
     yy, xx = torch.meshgrid(torch.arange(h, dtype=F64, device=x.device),
                             torch.arange(w, dtype=F64, device=x.device), indexing="ij")
-    src_x = inv[:, 0, 0, None, None] * xx + inv[:, 0, 1, None, None] * yy + inv[:, 0, 2, None, None]
-    src_y = inv[:, 1, 0, None, None] * xx + inv[:, 1, 1, None, None] * yy + inv[:, 1, 2, None, None]
-    src_x = torch.floor(src_x * 32 + 0.5) / 32
-    src_y = torch.floor(src_y * 32 + 0.5) / 32
+    src_x = _warp_coordinate(inv[:, 0], xx, yy)
+    src_y = _warp_coordinate(inv[:, 1], xx, yy)
     x = ops.bilinear_sample(x, src_y, src_x, "mirror").to(torch.float32)
 
     def displacement():
@@ -358,8 +382,11 @@ def elastic_transform(x_u8, c, rng: ExampleRNG):
     dx = displacement()
     dy = displacement()
     # float32 image as the original's (map_coordinates interpolates it in float64 and returns
-    # float32; interpolating in float32 differs by ~1e-7, far below the 1/255 step).
-    x = ops.bilinear_sample(x, yy + dy, xx + dx, "reflect")
+    # float32; interpolating in float32 differs by ~1e-7, far below the 1/255 step). Border:
+    # the scipy of 2019 (see ops.legacy_reflect), not today's.
+    rows = ops.legacy_reflect(yy + dy, h)
+    cols = ops.legacy_reflect(xx + dx, w)
+    x = ops.bilinear_sample(x, rows, cols, "mirror")
     return quantize(x)
 
 

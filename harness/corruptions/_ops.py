@@ -134,6 +134,17 @@ def bilinear_sample(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, mod
     return torch.lerp(top, bottom, fr)
 
 
+def legacy_reflect(coord: torch.Tensor, size: int) -> torch.Tensor:
+    """Fold coordinates as scipy < 1.6 ``map_coordinates(mode='reflect')`` did before
+    interpolating (``c < 0 -> -c - 1``, ``c >= size -> 2 size - c - 1``); its taps outside
+    the image were then fetched whole-sample mirrored, so pass the result to
+    :func:`bilinear_sample` with ``"mirror"``. scipy 1.6 (PR #12767, Dec 2020) changed this
+    to a continuous half-sample reflection; CIFAR-10-C (2019) was made with the old rule.
+    Coordinates here stay within one image size of the border."""
+    coord = torch.where(coord < 0, -coord - 1, coord)
+    return torch.where(coord >= size, 2 * size - coord - 1, coord)
+
+
 # -- colour ------------------------------------------------------------------------------------
 def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     """``skimage.color.rgb2hsv`` on (N, 3, H, W): hue in [0, 1), ties resolved as skimage does

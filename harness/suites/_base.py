@@ -74,9 +74,10 @@ class Suite:
         """Examples per condition when the user gives no ``n`` (None: all of ``data``)."""
         return None
 
-    def params(self, *, n: int, shard_size: int | None = None, data=None, **options: Any
-               ) -> dict[str, Any]:
-        """Canonical parameters that enter the run spec (and so the run id)."""
+    def params(self, *, n: int, shard_size: int | None = None, data=None, device: str = "cpu",
+               **options: Any) -> dict[str, Any]:
+        """Canonical parameters that enter the run spec (and so the run id). ``device`` is the
+        evaluation device, for suites whose inputs depend on where they are computed."""
         return {"n": int(n), "shard_size": int(shard_size or self.default_shard_size)}
 
     def data_identity(self, data, params: Mapping[str, Any]) -> tuple[str, str]:

@@ -99,8 +99,8 @@ class Cifar10CSuite(Suite):
             return SAMPLE_DEFAULT_N
         return None
 
-    def params(self, *, n, shard_size=None, data=None, corruptions=None, severities=None,
-               source=None, **options):
+    def params(self, *, n, shard_size=None, data=None, device="cpu", corruptions=None,
+               severities=None, source=None, **options):
         names = parse_corruptions(corruptions)
         sev = parse_severities(severities)
         src = data.source if data is not None else (source or "generated")
@@ -112,9 +112,18 @@ class Cifar10CSuite(Suite):
             "clean": bool(data is None or data.clean is not None),
         }
         if src == "generated":
+            import torch
+
             from harness.corruptions import generator_fingerprint
 
-            params["generator"] = generator_fingerprint()
+            kind = torch.device(device).type
+            if kind not in ("cpu", "cuda"):
+                raise HarnessError(f"generated corruptions run in float64, which {kind} lacks: "
+                                   "use --device cpu or cuda (or --source released)")
+            # What decides the generated pixels: the corruption code, torch's generator streams,
+            # and the device (float sums may round differently, flipping a truncation by 1).
+            params["generator"] = {"code": generator_fingerprint(),
+                                   "torch": torch.__version__.split("+")[0], "device": kind}
         return params
 
     def data_identity(self, data, params):
@@ -203,12 +212,14 @@ def per_corruption(summary) -> dict[str, float]:
     return {str(k): float(v) for k, v in means.items()}
 
 
-def mce(summary, baseline) -> dict[str, float]:
+def mce(summary, baseline) -> dict[str, Any]:
     """mCE and relative mCE (Hendrycks & Dietterich) of a run against a baseline run, in %.
 
     CE_c = sum_s E(c, s) / sum_s E_base(c, s); relative CE_c = sum_s (E(c, s) - E_clean) /
     sum_s (E_base(c, s) - E_base_clean); both averaged over the benchmark corruptions the two
-    runs share. Relative mCE needs the clean condition in both runs.
+    runs share. Relative mCE needs the clean condition in both runs; corruptions on which the
+    baseline's error does not exceed its clean error are left out of it and listed in
+    ``relative_excluded``.
 
     Raises:
         HarnessError: the runs share no benchmark (corruption, severity) set.
@@ -227,32 +238,41 @@ def mce(summary, baseline) -> dict[str, float]:
     names = list(dict.fromkeys(c for c, _ in shared))
     ce = [sum(e[k] for k in shared if k[0] == c) / max(sum(b[k] for k in shared if k[0] == c), 1e-12)
           for c in names]
-    out = {"mce": 100 * float(np.mean(ce))}
+    out: dict[str, Any] = {"mce": 100 * float(np.mean(ce))}
     hl, hb = headline(summary), headline(baseline)
     if "clean" in hl and "clean" in hb:
         ec, bc = 1 - hl["clean"], 1 - hb["clean"]
-        rel = []
+        rel, excluded = [], []
         for c in names:
             den = sum(b[k] - bc for k in shared if k[0] == c)
-            if abs(den) > 1e-12:
+            if den > 1e-12:
                 rel.append(sum(e[k] - ec for k in shared if k[0] == c) / den)
+            else:  # the baseline lost nothing to this corruption: its relative CE is undefined
+                excluded.append(c)
         if rel:
             out["relative_mce"] = 100 * float(np.mean(rel))
+        out["relative_excluded"] = excluded
     return out
 
 
 def find_baseline(store, model: str, spec: Mapping[str, Any]) -> str:
-    """The latest complete cifar10c run of ``model`` in ``store`` on the same data, source and
-    n as ``spec`` (a run spec dict); its run id, or a HarnessError."""
+    """The latest complete cifar10c run of ``model`` in ``store`` that a run with ``spec`` (a
+    run spec dict: data_fingerprint, params, seed) can be compared with: same data, source, n,
+    seed and generator, covering every (corruption, severity) set of the run. Its run id, or a
+    HarnessError."""
+    want = spec["params"]
     matches = []
     for r in store.runs():
-        s = r["spec"]
+        s, p = r["spec"], r["spec"]["params"]
         if (r["suite"] == "cifar10c" and r["model"] == model and r["complete"]
-                and s["data_fingerprint"] == spec["data_fingerprint"]
-                and s["params"]["source"] == spec["params"]["source"]
-                and s["params"]["n"] == spec["params"]["n"] and s["seed"] == spec["seed"]):
+                and s["data_fingerprint"] == spec["data_fingerprint"] and s["seed"] == spec["seed"]
+                and all(p.get(k) == want.get(k) for k in ("source", "n", "generator"))
+                and set(want["corruptions"]) <= set(p["corruptions"])
+                and set(want["severities"]) <= set(p["severities"])
+                and (p["clean"] or not want["clean"])):
             matches.append(r)
     if not matches:
-        raise HarnessError(f"--baseline {model!r}: no complete cifar10c run of that model on the "
-                           "same data, source, n and seed in the store; run it first")
+        raise HarnessError(f"--baseline {model!r}: no complete cifar10c run of that model in the "
+                           "store covers these corruption sets on the same data, source, n, seed "
+                           "and generator; run it first")
     return matches[-1]["run_id"]
