@@ -359,7 +359,7 @@ def elastic_transform(x_u8, c, rng: ExampleRNG):
     (border rule of scipy < 1.6; see :func:`ops.legacy_reflect`)."""
     alpha, sigma, jitter = c
     n, _, h, w = x_u8.shape
-    x = to_unit(x_u8, torch.float32).to(F64)
+    x = to_unit(x_u8, torch.float32)  # float32 throughout, as the original's image
     center = float(min(h, w) // 2)  # float32(shape) // 2
     sq = min(h, w) // 3
     pts1 = torch.tensor([[center + sq, center + sq], [center + sq, center - sq],
@@ -372,20 +372,20 @@ def elastic_transform(x_u8, c, rng: ExampleRNG):
                             torch.arange(w, dtype=F64, device=x.device), indexing="ij")
     src_x = _warp_coordinate(inv[:, 0], xx, yy)
     src_y = _warp_coordinate(inv[:, 1], xx, yy)
-    x = ops.bilinear_sample(x, src_y, src_x, "mirror").to(torch.float32)
+    x = ops.bilinear_sample(x, src_y, src_x, "mirror")
 
     def displacement():
         field = rng.uniform(h, w, low=-1.0, high=1.0).to(x.device).unsqueeze(1)
         field = ops.gaussian_filter(field, sigma, mode="reflect", truncate=3.0) * alpha
-        return field[:, 0].to(torch.float32).to(F64)
+        return field[:, 0].to(torch.float32)
 
     dx = displacement()
     dy = displacement()
     # float32 image as the original's (map_coordinates interpolates it in float64 and returns
     # float32; interpolating in float32 differs by ~1e-7, far below the 1/255 step). Border:
     # the scipy of 2019 (see ops.legacy_reflect), not today's.
-    rows = ops.legacy_reflect(yy + dy, h)
-    cols = ops.legacy_reflect(xx + dx, w)
+    rows = ops.legacy_reflect(yy.float() + dy, h)
+    cols = ops.legacy_reflect(xx.float() + dx, w)
     x = ops.bilinear_sample(x, rows, cols, "mirror")
     return quantize(x)
 

@@ -162,6 +162,10 @@ def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     return torch.stack((h, s, v), 1)
 
 
+# For each sextant of the hue, which of (v, t, p, q) is r, g and b (skimage's np.choose table).
+_SEXTANT_RGB = ((0, 3, 2, 2, 1, 0), (1, 0, 0, 3, 2, 2), (2, 2, 1, 0, 0, 3))
+
+
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     """``skimage.color.hsv2rgb`` on (N, 3, H, W)."""
     h, s, v = hsv.unbind(1)
@@ -170,14 +174,10 @@ def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
     p = v * (1 - s)
     q = v * (1 - f * s)
     t = v * (1 - (1 - f) * s)
-    hi = hi.long().remainder(6)
-    # (r, g, b) for each sextant, as skimage's np.choose table.
-    table = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-    out = torch.zeros_like(hsv)
-    for k, (rr, gg, bb) in enumerate(table):
-        m = (hi == k).unsqueeze(1)
-        out = torch.where(m, torch.stack((rr, gg, bb), 1), out)
-    return out
+    sextant = hi.long().remainder(6).unsqueeze(1)  # (N, 1, H, W)
+    table = torch.tensor(_SEXTANT_RGB, device=hsv.device)  # (3, 6): channel, sextant -> source
+    which = table[:, sextant.squeeze(1)].transpose(0, 1)  # (N, 3, H, W)
+    return torch.stack((v, t, p, q), 1).gather(1, which)
 
 
 def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
