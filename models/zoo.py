@@ -67,7 +67,7 @@ def _make_factory(name: str, arch: str, act: str) -> Callable[..., nn.Module]:
 
 def _register_all() -> None:
     for arch, (_, _, description) in _ARCHS.items():
-        for act in ("relu", "gelu", "silu"):
+        for act in ("relu", "gelu", "silu", "sugar-bsilu", "sugar-nelu"):
             name = _model_name(arch, act)
             MODELS.add(
                 name, _make_factory(name, arch, act),

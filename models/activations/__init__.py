@@ -40,6 +40,20 @@ def _silu(*, num_channels: int) -> nn.Module:
     return nn.SiLU()
 
 
+def _register_sugar() -> None:
+    from models.activations.sugar import SURROGATES, Sugar
+
+    for surrogate in SURROGATES:
+        def factory(*, num_channels: int, _s=surrogate) -> nn.Module:
+            return Sugar(_s)
+
+        ACTIVATIONS.add(f"sugar-{surrogate.replace('_', '-')}", factory,
+                        description=f"SUGAR: ReLU forward, {surrogate} surrogate gradient")
+
+
+_register_sugar()
+
+
 def make_activation(name: str, *, num_channels: int) -> nn.Module:
     """A fresh activation module for ``num_channels`` channels (``name`` checked with suggestions)."""
     return ACTIVATIONS.get(name)(num_channels=num_channels)
