@@ -63,8 +63,7 @@ def evaluate(
     device = check_device(device)
     suite_obj = SUITES.get(suite)()
     options = suite_obj.check_options(options)
-    data = suite_obj.load_data(data_dir=data_dir, **{k: v for k, v in options.items()
-                                                     if k == "source"})
+    data = suite_obj.load_data(data_dir=data_dir, **options)
     if n is not None and not 1 <= n <= len(data):
         raise HarnessError(f"n={n} is outside 1..{len(data)} for {data.name}")
     label = name or type(model).__name__

@@ -149,8 +149,7 @@ def cmd_run(args) -> int:
     if args.baseline and suite_name != "cifar10c":
         raise HarnessError("--baseline applies to suite 'cifar10c' only")
     device = check_device(args.device)
-    data = suite.load_data(data_dir=args.data_dir, **{k: v for k, v in options.items()
-                                                      if k == "source"})
+    data = suite.load_data(data_dir=args.data_dir, **options)
     if args.n is not None and args.n > len(data):
         raise HarnessError(f"--n {args.n} exceeds the {len(data)} examples of {data.name}")
     head = data.head(args.n if args.n is not None else suite.default_n(data))

@@ -6,8 +6,9 @@ Each function takes uint8 images (N, 3, 32, 32) on any device, the severity's pa
 multiply by 255 and truncate (``np.uint8``), except where the original's last step is an 8-bit
 image library (PIL for jpeg/pixelate, ImageMagick for motion_blur), which rounds.
 
-Arithmetic is float64, as the original's ``x / 255.``; the operations that the original runs
-in float32 (zoom_blur, snow's image) are rounded to float32 at the same points.
+Arithmetic is float64, as the original's ``x / 255.``, except where the original works on
+float32 images (zoom_blur, snow, spatter, elastic_transform), which stay in float32 or are
+rounded to it at the same points.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from harness.corruptions import _ops as ops
 from harness.corruptions._jpeg import jpeg_roundtrip
 from harness.corruptions._rng import ExampleRNG
+from harness.corruptions._spatter import water_mask
 
 F64 = torch.float64
 
@@ -137,11 +139,12 @@ def _zoom_factors(severity_stop: float) -> list[float]:
 def zoom_blur(x_u8, c, rng=None):
     x = to_unit(x_u8, torch.float32)
     out = torch.zeros_like(x)
-    for z in _zoom_factors(c):
+    zooms = _zoom_factors(c)
+    for z in zooms:
         # scipy interpolates in float64 and returns float32; float32 products differ from
         # that by ~1e-7, far below the 1/255 quantisation step.
         out += ops.clipped_zoom(x, z)
-    x = (x + out) / (len(_zoom_factors(c)) + 1)
+    x = (x + out) / (len(zooms) + 1)
     return quantize(x)
 
 
@@ -284,8 +287,6 @@ def spatter(x_u8, c, rng: ExampleRNG):
     """Water (mode 0) or mud (mode 1) blobs. The water branch's OpenCV chain (Canny, L2
     distance transform with the 5x5 mask, box blurs, histogram equalisation, emboss filter) is
     re-implemented in :mod:`harness.corruptions._spatter`."""
-    from harness.corruptions._spatter import water_mask
-
     loc, scale, sigma, threshold, mix, mode = c
     n, _, h, w = x_u8.shape
     x = to_unit(x_u8, torch.float32).to(F64)

@@ -65,7 +65,8 @@ class Suite:
         return given
 
     def load_data(self, *, data_dir=None, **options: Any):
-        """The data a run reads (default: the CIFAR-10 test split or the bundled sample)."""
+        """The data a run reads (default: the CIFAR-10 test split or the bundled sample).
+        Takes every suite option and uses those that choose data (cifar10c: ``source``)."""
         from harness.data import load_cifar10_arrays
 
         return load_cifar10_arrays("test", data_dir=data_dir)

@@ -20,7 +20,7 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.records import Shard
-from harness.suites._base import SUITES, ShardInputs, Suite
+from harness.suites._base import SUITES, ShardInputs, Suite, contiguous_shards
 
 # Examples per corrupted set by default on the bundled 1,000-image sample: sized so the main
 # job (every default model, 15 x 5 sets) stays within its 5-minute budget on 2 CPU cores.
@@ -135,8 +135,6 @@ class Cifar10CSuite(Suite):
         return data.name, data.clean.fingerprint
 
     def shards(self, data, params):
-        from harness.suites._base import contiguous_shards
-
         n, size, src = params["n"], params["shard_size"], params["source"]
         out: list[Shard] = []
         if params["clean"]:
