@@ -19,6 +19,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -109,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help="peak learning rate; default: the recipe's (0.6)")
     train.add_argument("--seed", type=int, help="default: the recipe's (0)")
     train.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    train.add_argument("--sugar", metavar="SURROGATE", help="train the model's ReLUs with this "
+                       "SUGAR surrogate gradient (bsilu, nelu, ...); the result is a ReLU model")
+    train.add_argument("--tv2", type=float, help="TV(2) weight for deep-spline activations "
+                       "(default: the model's recipe, 1e-4 for deepspline models, else 0)")
+    train.add_argument("--logit-scale", type=float, help="the loss sees logits x this "
+                       "(default: the model's recipe, 16 for 1-Lipschitz models, else 1)")
+    train.add_argument("--lipschitz-projection", action=argparse.BooleanOptionalAction,
+                       default=None, help="project 1-Lip spline slopes after every step "
+                       "(default: the model's recipe)")
     train.add_argument("--device", default="cpu")
     train.add_argument("--quiet", action="store_true")
     return parser
@@ -376,7 +386,8 @@ def cmd_train(args) -> int:
     )
 
     from harness.runner import check_device
-    from models.train import TrainRecipe, train_and_save
+    from models.activations.sugar import SURROGATES
+    from models.train import recipe_for, train_and_save
     from models.zoo import MODELS
 
     name = MODELS.resolve(args.model)
@@ -386,8 +397,21 @@ def cmd_train(args) -> int:
         raise HarnessError(f"--out: directory {out_dir!r} does not exist")
     if not os.access(out_dir, os.W_OK):
         raise HarnessError(f"--out: directory {out_dir!r} is not writable")
-    given = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
-    recipe = TrainRecipe(**{k: v for k, v in given.items() if v is not None}, bf16=not args.fp32)
+    if args.sugar is not None and args.sugar.replace("-", "_") not in SURROGATES:
+        raise HarnessError(f"--sugar: unknown surrogate {args.sugar!r}; one of "
+                           f"{', '.join(sorted(SURROGATES))}")
+    if args.tv2 is not None and not (math.isfinite(args.tv2) and args.tv2 >= 0):
+        raise HarnessError(f"--tv2 must be a finite number >= 0, got {args.tv2}")
+    if args.logit_scale is not None and not (math.isfinite(args.logit_scale)
+                                             and args.logit_scale > 0):
+        raise HarnessError(f"--logit-scale must be a finite number > 0, got {args.logit_scale}")
+    recipe = recipe_for(
+        name, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        bf16=False if args.fp32 else None,
+        sugar=None if args.sugar is None else args.sugar.replace("-", "_"),
+        tv2=args.tv2, logit_scale=args.logit_scale,
+        lipschitz_projection=args.lipschitz_projection,
+    )
     err = _console(stderr=True)
     progress = Progress(TextColumn(f"train {name}"), BarColumn(), TextColumn("{task.completed}/"
                         "{task.total} steps"), TimeElapsedColumn(), TextColumn("ETA"),

@@ -46,6 +46,45 @@ class TrainRecipe:
     crop_pad: int = 4
     seed: int = 0
     bf16: bool = True             # bf16 autocast for forward/backward; weights, EMA, loss in fp32
+    # Front-end options (defaults: off; a registry entry's ``recipe`` meta sets its own).
+    sugar: str | None = None      # train every nn.ReLU with this SUGAR surrogate's gradient
+    tv2: float = 0.0              # weight of the deep splines' TV(2) regulariser
+    logit_scale: float = 1.0      # the loss sees logits * scale (temperature of 1-Lip models)
+    lipschitz_projection: bool = False  # re-project spline slopes after every optimiser step
+    spline_lr_scale: float = 1.0  # spline coefficients learn at lr * this (no weight decay)
+
+
+def recipe_for(model_name: str, **given) -> TrainRecipe:
+    """The recipe for a registered model: defaults, then the entry's ``recipe`` settings,
+    then ``given`` (None values ignored)."""
+    from models.zoo import MODELS
+
+    settings = dict(MODELS.meta(model_name).get("recipe") or {})
+    settings.update({k: v for k, v in given.items() if v is not None})
+    return TrainRecipe(**settings)
+
+
+def _swap_relu_for_sugar(model: nn.Module, surrogate: str) -> int:
+    """Replace every ``nn.ReLU`` child by ``Sugar(surrogate)`` in place (same forward, so the
+    trained weights load into the ReLU model unchanged); returns how many were replaced."""
+    from models.activations.sugar import Sugar
+
+    count = 0
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, nn.ReLU):
+                setattr(module, name, Sugar(surrogate))
+                count += 1
+    return count
+
+
+@torch.no_grad()
+def _project_splines(model: nn.Module) -> None:
+    from models.activations.deepspline import DeepSpline, project_slopes
+
+    for m in model.modules():
+        if isinstance(m, DeepSpline) and m.lipschitz_bound is not None:
+            m.coefficients.copy_(project_slopes(m.coefficients, m.grid, m.lipschitz_bound))
 
 
 def augment(x: torch.Tensor, *, pad: int, generator: torch.Generator) -> torch.Tensor:
@@ -69,13 +108,23 @@ def augment(x: torch.Tensor, *, pad: int, generator: torch.Generator) -> torch.T
     return padded[idx_n, idx_c, rows[:, None, :, None], cols[:, None, None, :]]
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def _param_groups(model: nn.Module, weight_decay: float, spline_lr_scale: float) -> list[dict]:
+    from models.activations.deepspline import DeepSpline
+
+    decay, no_decay, spline = [], [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
-            is_weight = name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear))
-            (decay if is_weight else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            if isinstance(module, DeepSpline):
+                spline.append(p)
+            elif name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear)):
+                decay.append(p)
+            else:
+                no_decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0}]
+    if spline:
+        groups.append({"params": spline, "weight_decay": 0.0, "lr_scale": spline_lr_scale})
+    return groups
 
 
 @torch.no_grad()
@@ -124,12 +173,18 @@ def train(
         log: receives one line per epoch.
         on_step: called with (step, total_steps) after every optimiser step (progress bars).
     """
+    from models.activations.deepspline import model_tv2
+
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     model = model.to(device).to(memory_format=torch.channels_last).train()
-    ema = copy.deepcopy(model).eval()
+    ema = copy.deepcopy(model).eval()   # before any SUGAR swap: the EMA stays a ReLU model
+    if recipe.sugar is not None and _swap_relu_for_sugar(model, recipe.sugar) == 0:
+        raise ValueError("recipe.sugar is set but the model has no nn.ReLU to train with it")
+    if recipe.lipschitz_projection:
+        _project_splines(model)
     opt = torch.optim.SGD(
-        _param_groups(model, recipe.weight_decay), lr=recipe.lr, momentum=recipe.momentum,
+        _param_groups(model, recipe.weight_decay, recipe.spline_lr_scale), lr=recipe.lr, momentum=recipe.momentum,
         nesterov=True,
     )
     n = len(train_labels)
@@ -157,14 +212,19 @@ def train(
             x = x.contiguous(memory_format=torch.channels_last)
             y = train_labels[idx].to(device, non_blocking=True)
             for group in opt.param_groups:
-                group["lr"] = lr_at(step)
+                group["lr"] = lr_at(step) * group["lr_scale"]
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
                                 enabled=recipe.bf16):
                 logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+            loss = F.cross_entropy(logits.float() * recipe.logit_scale, y,
+                                   label_smoothing=recipe.label_smoothing)
+            if recipe.tv2:
+                loss = loss + recipe.tv2 * model_tv2(model)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if recipe.lipschitz_projection:
+                _project_splines(model)
             # Warm the EMA up: a short run would otherwise be dominated by the random init.
             _ema_update(ema, model, min(recipe.ema_decay, (1 + step) / (10 + step)))
             loss_sum += loss.detach()

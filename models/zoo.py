@@ -5,7 +5,14 @@ Names are ``<arch>`` for the ReLU model and ``<arch>-<activation>`` for the othe
 
 * ``default`` -- part of the set ``harness run`` evaluates without ``--model``;
 * ``weights`` -- stem of a bundled checkpoint in ``models/weights/`` (None: random init only);
-* ``arch``, ``activation``, ``description``.
+* ``arch``, ``activation``, ``description``;
+* ``recipe`` -- training-recipe settings the front end needs (TV2 weight, logit scale, ...),
+  applied by ``harness train`` unless given on the command line.
+
+Activations: ``relu`` (no suffix), ``gelu``, ``silu``, ``sugar-bsilu``, ``sugar-nelu``,
+``deepspline`` on every architecture; ``deepspline-1lip`` on the ResNets only, built as a
+:class:`~models.architectures.lipschitz.LipschitzResNet` (spectrally normalised, no BatchNorm)
+so that the whole network is certifiably 1-Lipschitz.
 
 Add a model::
 
@@ -23,7 +30,9 @@ from torch import nn
 
 from harness.errors import HarnessError
 from harness.registry import Registry
-from models.architectures import VGG16, CifarResNet, CifarVGG, ModelMeta
+from models.architectures import (
+    CIFAR10_STD, VGG16, CifarResNet, CifarVGG, LipschitzResNet, ModelMeta,
+)
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -38,6 +47,17 @@ _ARCHS: dict[str, tuple[type[nn.Module], dict, str]] = {
                  "CIFAR ResNet-18 (4 stages x 2 blocks, widths 64..512, 11M params), GPU-sized"),
     "vgg16": (CifarVGG, {"config": VGG16}, "VGG-16 with BatchNorm, GPU-sized"),
 }
+_ACTIVATIONS = ("relu", "gelu", "silu", "sugar-bsilu", "sugar-nelu", "deepspline")
+# Front-end-specific recipe settings (everything else is the shared recipe of models/train.py).
+_RECIPES: dict[str, dict] = {
+    "deepspline": {"tv2": 1e-4},
+    # A 1-Lipschitz network's logits differ by at most the input distance, so softmax needs a
+    # temperature; the stored coefficients are kept projected so they equal the applied ones.
+    # Spline coefficients get lr / 1000: their gradients sum over every position of a channel,
+    # and without BatchNorm to absorb the offsets larger steps collapse the features.
+    "deepspline-1lip": {"tv2": 1e-4, "logit_scale": 10.0, "lipschitz_projection": True,
+                        "spline_lr_scale": 1e-3},
+}
 # (arch, activation) -> bundled weights stem; the trained checkpoints live in models/weights/.
 _BUNDLED = {("resnet8", "relu"): "resnet8"}
 # Entries evaluated by `harness run` when no --model is given.
@@ -50,11 +70,19 @@ def _model_name(arch: str, act: str) -> str:
 
 def _make_factory(name: str, arch: str, act: str) -> Callable[..., nn.Module]:
     cls, arch_kwargs, _ = _ARCHS[arch]
+    lipschitz = act == "deepspline-1lip"
+    if lipschitz:
+        cls = LipschitzResNet
+
+    extra = {"init_scale": 4.0} if lipschitz else {}   # see LipschitzResNet's init comment
 
     def factory(*, num_classes: int = 10) -> nn.Module:
-        model = cls(**arch_kwargs, act=act, num_classes=num_classes)
+        model = cls(**arch_kwargs, **extra, act=act, num_classes=num_classes)
         model.meta = ModelMeta(
             name=name, arch=arch, activation=act, num_classes=num_classes, factory=name,
+            std=(1.0, 1.0, 1.0) if lipschitz else CIFAR10_STD,
+            notes=("certifiably 1-Lipschitz in l2 from [0, 1] pixels to logits "
+                   "(models.architectures.lipschitz_upper_bound)",) if lipschitz else (),
             factory_kwargs={} if num_classes == 10 else {"num_classes": num_classes},
             weights=_BUNDLED.get((arch, act)),
         )
@@ -62,17 +90,23 @@ def _make_factory(name: str, arch: str, act: str) -> Callable[..., nn.Module]:
 
     factory.__name__ = factory.__qualname__ = name.replace("-", "_")
     factory.__doc__ = f"{_ARCHS[arch][2]}; activation {act}. Inputs in [0, 1]."
+    if lipschitz:
+        factory.__doc__ += " Spectrally normalised, no BatchNorm, 1-Lipschitz."
     return factory
 
 
 def _register_all() -> None:
-    for arch, (_, _, description) in _ARCHS.items():
-        for act in ("relu", "gelu", "silu", "sugar-bsilu", "sugar-nelu"):
+    for arch, (cls, _, description) in _ARCHS.items():
+        acts = _ACTIVATIONS + (("deepspline-1lip",) if cls is CifarResNet else ())
+        for act in acts:
             name = _model_name(arch, act)
+            if act == "deepspline-1lip":
+                description += "; 1-Lipschitz variant: spectrally normalised convs, averaged residuals, no BatchNorm"
             MODELS.add(
                 name, _make_factory(name, arch, act),
                 arch=arch, activation=act, description=f"{description}; {act}",
                 weights=_BUNDLED.get((arch, act)), default=name in _DEFAULT,
+                recipe=dict(_RECIPES.get(act, {})),
             )
 
 

@@ -22,8 +22,10 @@ def _input(n=2, seed=0):
 def test_registry_names_are_well_formed():
     assert {"resnet8", "resnet20", "resnet18", "vgg16", "resnet8-gelu", "resnet8-silu"} <= set(ALL)
     assert ALL == sorted(ALL)
-    assert models.list_models("resnet8*") == ["resnet8", "resnet8-gelu", "resnet8-silu",
-                                              "resnet8-sugar-bsilu", "resnet8-sugar-nelu"]
+    assert models.list_models("resnet8*") == [
+        "resnet8", "resnet8-deepspline", "resnet8-deepspline-1lip", "resnet8-gelu",
+        "resnet8-silu", "resnet8-sugar-bsilu", "resnet8-sugar-nelu"]
+    assert "vgg16-deepspline" in ALL and "vgg16-deepspline-1lip" not in ALL
     assert "resnet8" in models.list_models(default=True)
 
 

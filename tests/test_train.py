@@ -79,3 +79,73 @@ def test_train_cli_writes_a_loadable_checkpoint_and_card(tmp_path):
     bad = run_cli("train", "--model", "resnet8", "--out", str(tmp_path / "no" / "x"),
                   "--data-dir", str(tmp_path))
     assert bad.returncode == 2 and "does not exist" in bad.stderr
+
+
+def test_recipe_for_merges_registry_settings_and_given_values():
+    from models.train import recipe_for
+
+    assert recipe_for("resnet8") == TrainRecipe()
+    lip = recipe_for("resnet8-deepspline-1lip")
+    assert lip.lipschitz_projection and lip.tv2 > 0 and lip.logit_scale > 1
+    assert recipe_for("resnet8-deepspline").tv2 > 0
+    assert recipe_for("resnet8-deepspline", tv2=0.0, epochs=None).tv2 == 0.0
+
+
+def _short(name, **recipe):
+    from harness.data import load_sample
+
+    s = load_sample()
+    x, y = torch.from_numpy(s.images[:300]), torch.from_numpy(s.labels[:300])
+    torch.manual_seed(0)
+    model, _ = train(create_model(name), x, y,
+                     recipe=TrainRecipe(epochs=1, batch_size=100, lr=0.1, **recipe))
+    return model
+
+
+def test_sugar_recipe_option_trains_a_relu_model_like_the_sugar_entry():
+    """--sugar bsilu on resnet8 is the same optimisation as training resnet8-sugar-bsilu
+    (same init, same forward, same surrogate backward), and differs from plain training."""
+    from models.activations.sugar import Sugar
+
+    swapped = _short("resnet8", sugar="bsilu")
+    entry = _short("resnet8-sugar-bsilu")
+    plain = _short("resnet8")
+    assert not any(isinstance(m, Sugar) for m in swapped.modules())  # saved as a ReLU model
+    for a, b in zip(swapped.state_dict().values(), entry.state_dict().values()):
+        assert torch.equal(a, b)
+    diff = [not torch.equal(a, b) for a, b in zip(swapped.state_dict().values(),
+                                                  plain.state_dict().values())]
+    assert any(diff)
+    with pytest.raises(ValueError, match="no nn.ReLU"):
+        _short("resnet8-gelu", sugar="bsilu")
+
+
+def test_spline_recipe_options_act():
+    from models.activations.deepspline import DeepSpline
+
+    lip = _short("resnet8-deepspline-1lip", lipschitz_projection=True, spline_lr_scale=1.0,
+                 logit_scale=10.0)
+    for m in lip.modules():
+        if isinstance(m, DeepSpline):   # the stored coefficients are themselves projected
+            slopes = (m.coefficients[:, 1:] - m.coefficients[:, :-1]) / m.grid
+            assert slopes.abs().max().item() <= 1 + 1e-5
+
+    # TV(2) pulls rough splines back: start from noisy coefficients (TV about 7,000), then a
+    # few steps with and without the regulariser
+    from harness.data import load_sample
+
+    data = load_sample()
+    x, y = torch.from_numpy(data.images[:300]), torch.from_numpy(data.labels[:300])
+    tv = []
+    for lam in (0.0, 0.05):
+        torch.manual_seed(0)
+        model = create_model("resnet8-deepspline")
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, DeepSpline):
+                    m.coefficients.add_(0.05 * torch.randn_like(m.coefficients))
+        start = sum(m.tv2().item() for m in model.modules() if isinstance(m, DeepSpline))
+        model, _ = train(model, x, y, recipe=TrainRecipe(epochs=1, batch_size=100, lr=0.1,
+                                                         tv2=lam, spline_lr_scale=0.1))
+        tv.append(sum(m.tv2().item() for m in model.modules() if isinstance(m, DeepSpline)))
+    assert start > 5000 and tv[1] < 0.5 * tv[0]

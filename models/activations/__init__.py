@@ -54,6 +54,22 @@ def _register_sugar() -> None:
 _register_sugar()
 
 
+@ACTIVATIONS.register("deepspline", description="learnable linear spline per channel (51 "
+                      "coefficients on [-4, 4], ReLU init)")
+def _deepspline(*, num_channels: int) -> nn.Module:
+    from models.activations.deepspline import DeepSpline
+
+    return DeepSpline(num_channels, size=51, range_=4.0, init="relu")
+
+
+@ACTIVATIONS.register("deepspline-1lip", description="linear spline per channel with slopes "
+                      "projected into [-1, 1] (1-Lipschitz), ReLU init")
+def _deepspline_1lip(*, num_channels: int) -> nn.Module:
+    from models.activations.deepspline import DeepSpline
+
+    return DeepSpline(num_channels, size=51, range_=4.0, init="relu", lipschitz_bound=1.0)
+
+
 def make_activation(name: str, *, num_channels: int) -> nn.Module:
     """A fresh activation module for ``num_channels`` channels (``name`` checked with suggestions)."""
     return ACTIVATIONS.get(name)(num_channels=num_channels)

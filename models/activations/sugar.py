@@ -42,7 +42,9 @@ def _bsilu_grad(grad: torch.Tensor, x: torch.Tensor, a: float) -> torch.Tensor:
 
 
 def _nelu(x: torch.Tensor, a: float) -> torch.Tensor:
-    return torch.where(x > 0, torch.ones_like(x), a * 2 * x / (1 + x * x) ** 2)
+    den = torch.mul(x, x).add_(1)
+    out = torch.mul(x, 2 * a).div_(den.mul_(den))     # 2 a x / (1 + x^2)^2, in place
+    return out.masked_fill_(x > 0, 1.0)
 
 
 def _elu(x: torch.Tensor, a: float) -> torch.Tensor:

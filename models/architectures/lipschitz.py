@@ -1,0 +1,269 @@
+"""Certifiably 1-Lipschitz networks: spectrally normalised conv/linear layers and a residual
+network built from them (for the 1-Lipschitz deep-spline front end).
+
+Every layer of :class:`LipschitzResNet` has an l2 operator norm of at most 1 (for inputs of
+the size it was built for), so the whole map from pixels in [0, 1] to logits is 1-Lipschitz
+in l2 and a logit margin m certifies an l2 radius of m / sqrt(2):
+
+* :class:`SNConv2d` / :class:`SNLinear`: the weight is divided by its operator norm. For a
+  convolution that is the norm of the zero-padded, strided linear map on the layer's actual
+  input size, found by power iteration on ``conv2d`` and its adjoint (not the kernel-matrix
+  norm, which can be off by a factor of up to the kernel size). Training does one iteration
+  per step from a persistent vector (Miyato et al. 2018); evaluation iterates to convergence
+  once per weight version, so an evaluated layer has norm 1 to within the tolerance.
+* residual blocks average the two paths, ``(shortcut(x) + branch(x)) / 2``: Lip <= (1 + 1) / 2;
+* the input is only mean-centred (dividing by the CIFAR std would scale the constant by 4);
+* global pooling is ``sqrt(H W) * mean``, the norm-1 linear functional (plain averaging would
+  shrink every margin by sqrt(H W));
+* activations must be 1-Lipschitz (``deepspline-1lip``: slopes projected into [-1, 1], or ReLU).
+
+:func:`lipschitz_upper_bound` multiplies the converged layer norms and activation constants,
+the bound of Aziznejad et al. (2020), Sec. IV.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.activations import make_activation
+from models.architectures._common import CIFAR10_MEAN, Normalize
+
+EVAL_TOL = 1e-8          # relative error of the norm estimate at which evaluation stops
+EVAL_MAX_ITERS = 20000
+
+
+@torch.no_grad()
+def _power_iteration(layer, weight: torch.Tensor, v: torch.Tensor, iters: int,
+                     tol: float | None) -> tuple[float, torch.Tensor]:
+    """Power iteration on ``A^T A`` for ``layer``'s map A with ``weight``, from ``v``.
+
+    The estimate ||A^T u|| rises monotonically to the largest singular value with
+    geometrically shrinking steps d_k; with ratio r = d_k / d_{k-1} the remaining error is
+    about d_k r / (1 - r), and iteration stops when that is below ``tol`` (relative). (A plain
+    "small change" rule stops far too early when the top two singular values are close.)
+    Returns (norm estimate, unit vector).
+    """
+    v = v / v.norm().clamp_min(1e-30)
+    norm, prev_step, prev = 0.0, None, None
+    for _ in range(iters):
+        u = layer._apply_op(v, weight)
+        u = u / u.norm().clamp_min(1e-30)
+        w = layer._adjoint(u, weight)
+        norm = w.norm().item()
+        v = w / max(norm, 1e-30)
+        if tol is None or prev is None:
+            prev = norm
+            continue
+        step = norm - prev
+        prev = norm
+        if step <= tol * norm * 1e-3:
+            break                                   # converged to rounding
+        if prev_step is not None and prev_step > 0:
+            r = min(step / prev_step, 0.999999)
+            if step * r / (1 - r) <= tol * norm:
+                break
+        prev_step = step
+    return norm, v
+
+
+class _SpectralNorm:
+    """Mixin: ``self._apply_op(v, w)`` is the layer's linear map, ``self._adjoint(u, w)`` its
+    transpose; ``self._v`` (buffer) the persistent right singular vector estimate."""
+
+    def _init_sn(self, v_shape: Sequence[int]) -> None:
+        v = torch.randn(1, *v_shape, generator=torch.Generator().manual_seed(0))
+        self.register_buffer("_v", v / v.norm())
+        self.register_buffer("sigma", torch.ones(()))   # the norm the weight was divided by
+        self._eval_key: tuple | None = None
+
+    def operator_norm(self, *, iters: int = EVAL_MAX_ITERS, tol: float = EVAL_TOL) -> float:
+        """Operator norm of the raw (unnormalised) weight, by power iteration to convergence."""
+        w = self.weight.detach()
+        w = w if w.dtype == torch.float64 else w.float()
+        norm, v = _power_iteration(self, w, self._v.to(w.dtype), iters, tol)
+        self._v.copy_(v)
+        return norm
+
+    def normalized_weight(self) -> torch.Tensor:
+        w = self.weight
+        with torch.autocast(w.device.type, enabled=False):
+            if self.training and torch.is_grad_enabled():
+                self._v.copy_(_power_iteration(self, w.detach().float(), self._v.float(), 1,
+                                               None)[1])
+                sigma = self._apply_op(self._v.float(), w.float()).norm()   # grad flows to w
+                with torch.no_grad():
+                    self.sigma.copy_(sigma)
+                    self._eval_key = None
+                return w / sigma.to(w.dtype)
+            key = (w._version, w.data_ptr(), w.device)
+            if self._eval_key != key:
+                self.sigma.fill_(self.operator_norm())
+                self._eval_key = key
+            return w / self.sigma.to(w.dtype)
+
+
+class SNConv2d(_SpectralNorm, nn.Conv2d):
+    """``nn.Conv2d`` with operator norm 1 on inputs of spatial size ``input_hw``.
+
+    Args:
+        input_hw: (H, W) of the inputs the norm is computed for (zero padding makes the norm
+            depend on it; on other sizes the layer still runs, without the guarantee).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *,
+                 input_hw: tuple[int, int], stride: int = 1, padding: int = 0,
+                 bias: bool = True) -> None:
+        nn.Conv2d.__init__(self, in_channels, out_channels, kernel_size, stride=stride,
+                           padding=padding, bias=bias)
+        self.input_hw = tuple(input_hw)
+        self._init_sn((in_channels, *self.input_hw))
+
+    def _apply_op(self, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(v, w, None, self.stride, self.padding)
+
+    def _adjoint(self, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return torch.nn.grad.conv2d_input(self._v.shape, w, u, self.stride, self.padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.normalized_weight(), self.bias, self.stride, self.padding)
+
+
+class SNLinear(_SpectralNorm, nn.Linear):
+    """``nn.Linear`` with spectral norm (largest singular value) 1."""
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True) -> None:
+        nn.Linear.__init__(self, in_features, out_features, bias=bias)
+        self._init_sn((in_features,))
+
+    def _apply_op(self, v: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return v @ w.t()
+
+    def _adjoint(self, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return u @ w
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.normalized_weight(), self.bias)
+
+
+class LipschitzBlock(nn.Module):
+    """act((shortcut(x) + conv2(act(conv1(x)))) / 2) with 1-Lipschitz parts."""
+
+    def __init__(self, in_ch: int, out_ch: int, *, stride: int, act: str, input_hw: int) -> None:
+        super().__init__()
+        out_hw = (input_hw - 1) // stride + 1
+        self.conv1 = SNConv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False,
+                              input_hw=(input_hw, input_hw))
+        self.act1 = make_activation(act, num_channels=out_ch)
+        self.conv2 = SNConv2d(out_ch, out_ch, 3, padding=1, bias=False,
+                              input_hw=(out_hw, out_hw))
+        self.act2 = make_activation(act, num_channels=out_ch)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_ch != out_ch:
+            self.shortcut = SNConv2d(in_ch, out_ch, 1, stride=stride, bias=False,
+                                     input_hw=(input_hw, input_hw))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act2(0.5 * (self.shortcut(x) + self.conv2(self.act1(self.conv1(x)))))
+
+
+class LipschitzResNet(nn.Module):
+    """A CIFAR ResNet whose logits are a 1-Lipschitz (l2) function of the [0, 1] input.
+
+    Same stage layout as :class:`~models.architectures.resnet.CifarResNet` (``blocks``,
+    ``widths``), without BatchNorm (its eval-time scaling is unbounded).
+    """
+
+    def __init__(self, *, blocks: Sequence[int], widths: Sequence[int], act: str,
+                 num_classes: int = 10, mean: Sequence[float] = CIFAR10_MEAN,
+                 image_size: int = 32, init_scale: float = 1.0) -> None:
+        super().__init__()
+        if len(blocks) != len(widths) or not blocks:
+            raise ValueError("blocks and widths must be non-empty and of equal length")
+        self.normalize = Normalize(mean, (1.0,) * len(mean))        # centring only: Lip 1
+        hw = image_size
+        self.stem = nn.Sequential(
+            SNConv2d(3, widths[0], 3, padding=1, input_hw=(hw, hw), bias=False),
+            make_activation(act, num_channels=widths[0]),
+        )
+        layers = []
+        in_ch = widths[0]
+        for i, (n, w) in enumerate(zip(blocks, widths)):
+            for j in range(n):
+                stride = 2 if (i > 0 and j == 0) else 1
+                layers.append(LipschitzBlock(in_ch, w, stride=stride, act=act, input_hw=hw))
+                hw = (hw - 1) // stride + 1
+                in_ch = w
+        self.layers = nn.Sequential(*layers)
+        self.fc = SNLinear(in_ch, num_classes, bias=False)
+        # Near-orthogonal init: a normalised random conv keeps only a small fraction of the
+        # signal (most singular values are far below the largest), so after a few layers the
+        # logits would be constant. Dirac kernels (identity / channel embedding / subsampling)
+        # plus small noise have all singular values close to 1.
+        # The layers are scale-invariant in their raw weights, so the init scale sets the
+        # effective learning rate (lr / scale^2): ``init_scale`` fits it to the
+        # shared recipe (the zoo uses 4: lr 0.6 then acts like 0.04 on unit-scale weights).
+        g = torch.Generator().manual_seed(0)
+        for m in self.modules():
+            if isinstance(m, SNConv2d):
+                with torch.no_grad():
+                    if m.in_channels == 3:
+                        nn.init.orthogonal_(m.weight)
+                    else:
+                        nn.init.dirac_(m.weight)
+                        m.weight.add_(torch.randn(m.weight.shape, generator=g), alpha=0.01)
+                    m.weight.mul_(init_scale)
+            elif isinstance(m, SNLinear):
+                with torch.no_grad():
+                    nn.init.orthogonal_(m.weight).mul_(init_scale)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(self.stem(self.normalize(x)))
+        return x.mean((2, 3)) * math.sqrt(x.shape[2] * x.shape[3])   # norm-1 pooling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+def lipschitz_upper_bound(model: nn.Module) -> float:
+    """The l2 Lipschitz bound of a :class:`LipschitzResNet` (input pixels to logits): the
+    product over the layer chain of (converged) normalised operator norms and activation
+    constants, with each residual block contributing the average of its two paths' bounds."""
+    from models.activations.deepspline import DeepSpline
+
+    def act_lip(m: nn.Module) -> float:
+        if isinstance(m, DeepSpline):
+            return m.lipschitz().max().item()
+        if isinstance(m, nn.ReLU | nn.Identity):
+            return 1.0
+        raise TypeError(f"no Lipschitz constant known for {type(m).__name__}")
+
+    def lin_lip(m: nn.Module) -> float:
+        if isinstance(m, nn.Identity):
+            return 1.0
+        was_training = m.training
+        m.eval()
+        with torch.no_grad():
+            lip = _norm_of(m, m.normalized_weight().float())
+        m.train(was_training)
+        return lip
+
+    if not isinstance(model, LipschitzResNet):
+        raise TypeError("lipschitz_upper_bound expects a LipschitzResNet")
+    bound = 1.0 * lin_lip(model.stem[0]) * act_lip(model.stem[1])
+    for block in model.layers:
+        branch = lin_lip(block.conv1) * act_lip(block.act1) * lin_lip(block.conv2)
+        bound *= 0.5 * (lin_lip(block.shortcut) + branch) * act_lip(block.act2)
+    return bound * lin_lip(model.fc)
+
+
+def _norm_of(layer: _SpectralNorm, weight: torch.Tensor) -> float:
+    """Operator norm of ``weight`` used as ``layer``'s map, power-iterated to convergence from
+    a fresh random start (independent of the layer's own stored vector)."""
+    v = torch.randn(layer._v.shape, generator=torch.Generator().manual_seed(1),
+                    dtype=weight.dtype)
+    return _power_iteration(layer, weight, v, EVAL_MAX_ITERS, EVAL_TOL)[0]

@@ -1,0 +1,91 @@
+"""Spectrally normalised layers and the certifiably 1-Lipschitz ResNet."""
+
+import pytest
+import torch
+
+import models
+from models.architectures import LipschitzResNet, SNConv2d, SNLinear, lipschitz_upper_bound
+
+
+def _dense_matrix(fn, in_shape):
+    """The matrix of a linear map on tensors of ``in_shape`` (columns = images of basis vectors)."""
+    n = int(torch.tensor(in_shape).prod())
+    basis = torch.eye(n, dtype=torch.float64).view(n, *in_shape)
+    return fn(basis).reshape(n, -1).t()
+
+
+@pytest.mark.parametrize("stride, padding, k", [(1, 1, 3), (2, 1, 3), (2, 0, 1)])
+def test_conv_operator_norm_is_exact(stride, padding, k):
+    """Power iteration on conv/adjoint gives the zero-padded operator's largest singular value
+    (from the explicit matrix), not the kernel-matrix norm."""
+    torch.manual_seed(0)
+    conv = SNConv2d(3, 4, k, stride=stride, padding=padding, input_hw=(6, 6)).double()
+    w = conv.weight.detach()
+    mat = _dense_matrix(lambda v: torch.nn.functional.conv2d(v, w, None, stride, padding), (3, 6, 6))
+    exact = torch.linalg.matrix_norm(mat, ord=2).item()
+    assert conv.operator_norm() == pytest.approx(exact, rel=1e-5)
+    kernel_norm = torch.linalg.matrix_norm(w.reshape(4, -1), ord=2).item()
+    if k == 3:
+        assert abs(kernel_norm - exact) > 1e-3 * exact   # the shortcut would be wrong
+    conv.eval()
+    normalised = _dense_matrix(lambda v: conv(v) - conv.bias.view(1, -1, 1, 1), (3, 6, 6))
+    assert torch.linalg.matrix_norm(normalised, ord=2).item() == pytest.approx(1.0, rel=1e-5)
+
+
+def test_linear_norm_and_training_updates():
+    torch.manual_seed(0)
+    lin = SNLinear(7, 5)
+    exact = torch.linalg.matrix_norm(lin.weight.detach(), ord=2).item()
+    lin.train()
+    for _ in range(100):  # one power iteration per training forward converges
+        lin(torch.randn(2, 7))
+    assert lin.sigma.item() == pytest.approx(exact, rel=1e-4)
+    lin.eval()
+    w = lin.normalized_weight()
+    assert torch.linalg.matrix_norm(w, ord=2).item() == pytest.approx(1.0, rel=1e-5)
+    with torch.no_grad():
+        lin.weight.mul_(3)   # a changed weight invalidates the cached evaluation norm
+    assert torch.linalg.matrix_norm(lin.normalized_weight(), ord=2).item() == pytest.approx(1.0, rel=1e-5)
+
+
+def _jacobian_norm(model, x, iters=60):
+    """Largest singular value of the input-to-logits Jacobian at x (power iteration)."""
+    from torch.autograd.functional import jvp, vjp
+
+    v = torch.randn_like(x)
+    v /= v.norm()
+    for _ in range(iters):
+        jv = jvp(model, x, v)[1]
+        v = vjp(model, x, jv)[1]
+        v /= v.norm()
+    return jvp(model, x, v)[1].norm().item()
+
+
+def test_one_lipschitz_resnet_is_one_lipschitz_on_real_images():
+    from harness.data import load_sample
+    from models.train import TrainRecipe, train
+
+    s = load_sample()
+    images = torch.from_numpy(s.images)
+    torch.manual_seed(0)
+    model = models.create_model("resnet8-deepspline-1lip")
+    assert isinstance(model, LipschitzResNet)
+    # a few real optimisation steps, so the splines and weights are no longer at their init
+    recipe = TrainRecipe(epochs=1, batch_size=100, lr=0.6, logit_scale=10.0, tv2=1e-4,
+                         lipschitz_projection=True, spline_lr_scale=1e-2)
+    model, _ = train(model, images[:500], torch.from_numpy(s.labels[:500]).long(), recipe=recipe)
+    model = model.double()
+    bound = lipschitz_upper_bound(model)
+    assert 0.5 < bound <= 1.0 + 1e-4
+    x = images[500:532].double() / 255
+    y = images[532:564].double() / 255
+    with torch.no_grad():
+        ratio = ((model(x) - model(y)).norm(dim=1) / (x - y).flatten(1).norm(dim=1))
+    assert (ratio <= bound + 1e-6).all()
+    for i in range(3):
+        assert _jacobian_norm(model, x[i:i + 1]) <= bound + 1e-6
+
+
+def test_upper_bound_refuses_other_models():
+    with pytest.raises(TypeError, match="LipschitzResNet"):
+        lipschitz_upper_bound(models.create_model("resnet8"))
