@@ -184,8 +184,8 @@ def train(
     if recipe.lipschitz_projection:
         _project_splines(model)
     opt = torch.optim.SGD(
-        _param_groups(model, recipe.weight_decay, recipe.spline_lr_scale), lr=recipe.lr, momentum=recipe.momentum,
-        nesterov=True,
+        _param_groups(model, recipe.weight_decay, recipe.spline_lr_scale), lr=recipe.lr,
+        momentum=recipe.momentum, nesterov=True,
     )
     n = len(train_labels)
     steps_per_epoch = n // recipe.batch_size   # drop the ragged last batch: fixed shapes

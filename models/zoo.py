@@ -31,7 +31,12 @@ from torch import nn
 from harness.errors import HarnessError
 from harness.registry import Registry
 from models.architectures import (
-    CIFAR10_STD, VGG16, CifarResNet, CifarVGG, LipschitzResNet, ModelMeta,
+    CIFAR10_STD,
+    VGG16,
+    CifarResNet,
+    CifarVGG,
+    LipschitzResNet,
+    ModelMeta,
 )
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -100,11 +105,13 @@ def _register_all() -> None:
         acts = _ACTIVATIONS + (("deepspline-1lip",) if cls is CifarResNet else ())
         for act in acts:
             name = _model_name(arch, act)
+            text = f"{description}; {act}"
             if act == "deepspline-1lip":
-                description += "; 1-Lipschitz variant: spectrally normalised convs, averaged residuals, no BatchNorm"
+                text += ("; 1-Lipschitz variant: spectrally normalised convs, averaged residuals, "
+                         "no BatchNorm")
             MODELS.add(
                 name, _make_factory(name, arch, act),
-                arch=arch, activation=act, description=f"{description}; {act}",
+                arch=arch, activation=act, description=text,
                 weights=_BUNDLED.get((arch, act)), default=name in _DEFAULT,
                 recipe=dict(_RECIPES.get(act, {})),
             )

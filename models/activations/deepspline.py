@@ -20,7 +20,8 @@ outside, it extrapolates linearly with the end slopes. B1 splines interpolate, s
 Cost: evaluation is O(N*C*H*W), independent of ``size``: each input finds its interval by a
 floor, and two gathers (value and slope of that interval) give the output. The backward pass
 scatters two weighted sums per input into the coefficient gradient. The work happens in
-float32 (float64 for float64 inputs) on a flat view in the tensor's own memory order (channels_last stays channels_last).
+float32 (float64 for float64 inputs) on a flat view in the tensor's own memory order
+(channels_last stays channels_last).
 
     >>> act = DeepSpline(16, size=51, range_=4.0, init="relu")  # 16 channels
     >>> y = act(torch.randn(8, 16, 32, 32))
