@@ -257,6 +257,16 @@ def train(
     return ema.eval(), summary
 
 
+_FRONT_END = {"sugar": None, "tv2": 0.0, "logit_scale": 1.0, "lipschitz_projection": False,
+              "spline_lr_scale": 1.0}
+
+
+def _front_end(rec: dict) -> str:
+    """The non-default front-end recipe settings, e.g. 'tv2 0.0001, logit_scale 10.0'."""
+    return ", ".join(f"{k} {rec[k]}" for k, default in _FRONT_END.items()
+                     if rec.get(k, default) != default)
+
+
 def _model_card(meta: dict) -> str:
     rec = meta["recipe"]
     hist = meta["history"]
@@ -274,6 +284,10 @@ def _model_card(meta: dict) -> str:
         f"smoothing {rec['label_smoothing']}, random crop (reflect pad {rec['crop_pad']}) + flip, "
         f"EMA decay {rec['ema_decay']}, {'bf16 autocast' if rec.get('bf16') else 'fp32'}, "
         f"seed {rec['seed']}.",
+        *([f"- Front-end settings: {_front_end(rec)}."] if _front_end(rec) else []),
+        *([f"- Certified l2 Lipschitz bound (pixels in [0, 1] to logits, product of converged "
+           f"layer norms): {meta['lipschitz_upper_bound']:.6f}."]
+          if "lipschitz_upper_bound" in meta else []),
         f"- Measured training time: {meta['train_time_s'] / 60:.1f} min (plus "
         f"{meta['eval_time_s']:.0f} s of test-split monitoring) on "
         f"{meta['hardware']['threads']} CPU threads ({meta['hardware']['cpu']}), torch "
@@ -294,6 +308,8 @@ def _model_card(meta: dict) -> str:
         lines.append(f"| {h['epoch']} | {h['train_loss']:.4f} | {acc} | {h['elapsed_s']} |")
     flags = (f"--epochs {rec['epochs']} --batch-size {rec['batch_size']} --lr {rec['lr']} "
              f"--seed {rec['seed']}" + ("" if rec.get("bf16", False) else " --fp32"))
+    if rec.get("sugar"):
+        flags += f" --sugar {rec['sugar']}"   # the other front-end settings come with the model
     lines += ["", f"Reproduce: `python -m harness train --model {meta['factory']} {flags} "
               "--data-dir DATA --out STEM` (seeded; tests/test_train.py checks that a short run "
               "of the recipe repeats bit-exactly on one machine).", ""]
@@ -326,6 +342,10 @@ def train_and_save(
     )
     acc = evaluate_accuracy(ema, xte, yte, device=device)
     ema = ema.to("cpu").to(memory_format=torch.contiguous_format)
+    from models.architectures import LipschitzResNet, lipschitz_upper_bound
+
+    if isinstance(ema, LipschitzResNet):
+        summary["lipschitz_upper_bound"] = lipschitz_upper_bound(ema)
     extra = {
         **summary,
         "test": {"n": len(yte), "accuracy": acc},

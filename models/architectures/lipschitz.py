@@ -61,7 +61,7 @@ def _power_iteration(layer, weight: torch.Tensor, v: torch.Tensor, iters: int,
             continue
         step = norm - prev
         prev = norm
-        if step <= tol * norm * 1e-3:
+        if step <= 0:
             break                                   # converged to rounding
         if prev_step is not None and prev_step > 0:
             r = min(step / prev_step, 0.999999)
@@ -83,9 +83,8 @@ class _SpectralNorm:
 
     def operator_norm(self, *, iters: int = EVAL_MAX_ITERS, tol: float = EVAL_TOL) -> float:
         """Operator norm of the raw (unnormalised) weight, by power iteration to convergence."""
-        w = self.weight.detach()
-        w = w if w.dtype == torch.float64 else w.float()
-        norm, v = _power_iteration(self, w, self._v.to(w.dtype), iters, tol)
+        w = self.weight.detach().double()   # float64: the estimate is not limited by rounding
+        norm, v = _power_iteration(self, w, self._v.double(), iters, tol)
         self._v.copy_(v)
         return norm
 
@@ -248,7 +247,7 @@ def lipschitz_upper_bound(model: nn.Module) -> float:
         was_training = m.training
         m.eval()
         with torch.no_grad():
-            lip = _norm_of(m, m.normalized_weight().float())
+            lip = _norm_of(m, m.normalized_weight().double())
         m.train(was_training)
         return lip
 
