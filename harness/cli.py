@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "default: the registry's default set")
     run.add_argument("--weights", help="weights for a single --model (.safetensors, .pt, or a "
                      "checkpoint .json from 'harness train')")
+    run.add_argument("--weights-dir", help="for --model robustbench:NAME: folder in "
+                     "RobustBench's layout, DIR/cifar10/<threat>/NAME.pt (default "
+                     "$HARNESS_ROBUSTBENCH_DIR); nothing is downloaded")
     run.add_argument("--data-dir", help="folder with cifar-10-batches-py and/or CIFAR-10-C "
                      "(default $HARNESS_DATA, else the bundled 1,000-image test sample)")
     run.add_argument("--n", type=_positive_int, help="evaluate the first N examples (per "
@@ -88,8 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "this model's stored cifar10c run on the same data")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    ls = sub.add_parser("ls", help="list models, suites or stored runs")
-    ls.add_argument("what", choices=("models", "suites", "runs"))
+    ls = sub.add_parser("ls", help="list models, suites, stored runs or RobustBench models")
+    ls.add_argument("what", choices=("models", "suites", "runs", "robustbench"))
     ls.add_argument("pattern", nargs="?", default="*", help="glob filter on names")
     ls.add_argument("--store", default=None, help=STORE_HELP)
 
@@ -167,7 +170,8 @@ def cmd_run(args) -> int:
     # every model before the store is opened: a bad input must not leave a new store behind.
     params = suite.params(n=len(head), shard_size=args.shard_size, data=head, device=device,
                           **options)
-    loaded = [resolve_model(ref, weights=args.weights, device=device) for ref in refs]
+    loaded = [resolve_model(ref, weights=args.weights, device=device,
+                            weights_dir=args.weights_dir) for ref in refs]
     for lm in loaded:
         prepare_model(lm, head, device=device, dtype=args.dtype)
     store_path = args.store or _default_store()
@@ -296,6 +300,19 @@ def cmd_ls(args) -> int:
             meta = MODELS.meta(name)
             table.add_row(name, "bundled" if meta.get("weights") else "-",
                           "yes" if meta.get("default") else "", meta.get("description", ""))
+        console.print(table)
+    elif args.what == "robustbench":
+        import fnmatch
+
+        from models.robustbench import list_robustbench
+
+        table = Table(title="RobustBench CIFAR-10 models (--model robustbench:[THREAT/]NAME)")
+        table.add_column("threat")
+        table.add_column("name")
+        for threat, names in list_robustbench().items():
+            for name in names:
+                if fnmatch.fnmatchcase(name, args.pattern):
+                    table.add_row(threat, name)
         console.print(table)
     elif args.what == "suites":
         from harness.suites import SUITES

@@ -109,7 +109,8 @@ def _load_user_factory(ref: str) -> tuple[Callable, dict[str, Any]]:
     return factory, identity
 
 
-def resolve_model(ref: str, *, weights: str | None = None, device: str = "cpu") -> LoadedModel:
+def resolve_model(ref: str, *, weights: str | None = None, device: str = "cpu",
+                  weights_dir: str | None = None) -> LoadedModel:
     """Resolve a ``--model`` argument into a :class:`LoadedModel` in eval mode.
 
     Args:
@@ -118,6 +119,8 @@ def resolve_model(ref: str, *, weights: str | None = None, device: str = "cpu") 
         weights: optional ``.safetensors``/``.pt`` state dict (``weights_only=True``), or a
             checkpoint ``.json`` written by ``harness train``.
         device: where to put the model.
+        weights_dir: for ``robustbench:[threat/]name`` references, the folder in RobustBench's
+            layout (``<dir>/cifar10/<threat>/<name>.pt``); default ``$HARNESS_ROBUSTBENCH_DIR``.
 
     Raises:
         HarnessError: unknown name (with suggestions), missing weights, bad factory or file.
@@ -127,6 +130,14 @@ def resolve_model(ref: str, *, weights: str | None = None, device: str = "cpu") 
     from models.checkpoints import load_state_into, read_checkpoint, read_state_dict, sha256_file
     from models.zoo import MODELS, create_model
 
+    from models.robustbench import is_robustbench_ref, load_robustbench
+
+    if is_robustbench_ref(ref):
+        if weights is not None:
+            raise HarnessError("--weights does not apply to robustbench models; their checkpoint "
+                               "is read from --weights-dir in RobustBench's layout")
+        module, identity, name = load_robustbench(ref, weights_dir=weights_dir, device=device)
+        return LoadedModel(name=name, module=module, identity=identity)
     is_user = ":" in ref and ref not in MODELS
     if is_user:
         factory, identity = _load_user_factory(ref)
