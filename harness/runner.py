@@ -128,9 +128,8 @@ def resolve_model(ref: str, *, weights: str | None = None, device: str = "cpu",
     from torch import nn
 
     from models.checkpoints import load_state_into, read_checkpoint, read_state_dict, sha256_file
-    from models.zoo import MODELS, create_model
-
     from models.robustbench import is_robustbench_ref, load_robustbench
+    from models.zoo import MODELS, create_model
 
     if is_robustbench_ref(ref):
         if weights is not None:
