@@ -258,7 +258,7 @@ def train(
 
 
 _FRONT_END = {"sugar": None, "tv2": 0.0, "logit_scale": 1.0, "lipschitz_projection": False,
-              "spline_lr_scale": 1.0}
+              "spline_lr_scale": 1.0, "label_smoothing": 0.1}
 
 
 def _front_end(rec: dict) -> str:
@@ -285,8 +285,9 @@ def _model_card(meta: dict) -> str:
         f"EMA decay {rec['ema_decay']}, {'bf16 autocast' if rec.get('bf16') else 'fp32'}, "
         f"seed {rec['seed']}.",
         *([f"- Front-end settings: {_front_end(rec)}."] if _front_end(rec) else []),
-        *([f"- Certified l2 Lipschitz bound (pixels in [0, 1] to logits, product of converged "
-           f"layer norms): {meta['lipschitz_upper_bound']:.6f}."]
+        *([f"- Certified l2 Lipschitz bound from pixels in [0, 1] to logits (product of the "
+           f"layers' rigorous circular-embedding norm bounds and the splines' max slopes): "
+           f"{meta['lipschitz_upper_bound']:.6f}."]
           if "lipschitz_upper_bound" in meta else []),
         f"- Measured training time: {meta['train_time_s'] / 60:.1f} min (plus "
         f"{meta['eval_time_s']:.0f} s of test-split monitoring) on "

@@ -97,3 +97,17 @@ def test_one_lipschitz_resnet_is_one_lipschitz_on_real_images():
 def test_upper_bound_refuses_other_models():
     with pytest.raises(TypeError, match="LipschitzResNet"):
         lipschitz_upper_bound(models.create_model("resnet8"))
+
+
+def test_bundled_one_lipschitz_model_is_certified():
+    from models.checkpoints import read_meta
+    from models.zoo import weights_path
+
+    name = "resnet8-deepspline-1lip"
+    if weights_path(name) is None:
+        pytest.skip("no bundled 1-Lipschitz checkpoint")
+    model = models.create_model(name, pretrained=True)
+    bound = lipschitz_upper_bound(model)
+    assert bound <= 1.0 + 1e-6
+    assert bound == pytest.approx(read_meta(weights_path(name))["lipschitz_upper_bound"],
+                                  rel=1e-6)

@@ -67,7 +67,8 @@ def _deepspline(*, num_channels: int) -> nn.Module:
 def _deepspline_1lip(*, num_channels: int) -> nn.Module:
     from models.activations.deepspline import DeepSpline
 
-    return DeepSpline(num_channels, size=51, range_=4.0, init="relu", lipschitz_bound=1.0)
+    return DeepSpline(num_channels, size=51, range_=4.0, init="relu", lipschitz_bound=1.0,
+                      anchored=True)
 
 
 def make_activation(name: str, *, num_channels: int) -> nn.Module:

@@ -121,10 +121,14 @@ class DeepSpline(nn.Module):
         range_: the knots span [-range_, range_]; grid step T = range_ / (size // 2).
         init: "relu", "leaky_relu" (slope 0.01) or "identity".
         lipschitz_bound: if set, slopes are projected into [-bound, bound] in every forward.
+        anchored: the applied activation is shifted so that sigma(0) = 0 (the coefficients
+            keep no free offset; without BatchNorm to absorb it, a drifting offset can shift
+            a whole channel out of the spline's useful range).
     """
 
     def __init__(self, num_activations: int, *, size: int = 51, range_: float = 4.0,
-                 init: str = "relu", lipschitz_bound: float | None = None) -> None:
+                 init: str = "relu", lipschitz_bound: float | None = None,
+                 anchored: bool = False) -> None:
         super().__init__()
         if num_activations < 1:
             raise ValueError("num_activations must be positive")
@@ -142,6 +146,7 @@ class DeepSpline(nn.Module):
         self.grid = float(torch.tensor(self.range_ / (self.size // 2), dtype=torch.float32))
         self.init = init
         self.lipschitz_bound = None if lipschitz_bound is None else float(lipschitz_bound)
+        self.anchored = bool(anchored)
         knots = self.knots().expand(self.num_activations, self.size)
         if init == "relu":
             coef = F.relu(knots)
@@ -157,9 +162,12 @@ class DeepSpline(nn.Module):
 
     def effective_coefficients(self) -> torch.Tensor:
         """The coefficients actually applied (projected for the Lipschitz variant)."""
-        if self.lipschitz_bound is None:
-            return self.coefficients
-        return project_slopes(self.coefficients, self.grid, self.lipschitz_bound)
+        c = self.coefficients
+        if self.lipschitz_bound is not None:
+            c = project_slopes(c, self.grid, self.lipschitz_bound)
+        if self.anchored:
+            c = c - c[:, self.size // 2:self.size // 2 + 1]
+        return c
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (2, 4) or x.shape[1] != self.num_activations:
@@ -187,8 +195,9 @@ class DeepSpline(nn.Module):
 
     def extra_repr(self) -> str:
         lip = "" if self.lipschitz_bound is None else f", lipschitz_bound={self.lipschitz_bound}"
+        anchored = ", anchored=True" if self.anchored else ""
         return (f"{self.num_activations}, size={self.size}, range_={self.range_}, "
-                f"init={self.init}{lip}")
+                f"init={self.init}{lip}{anchored}")
 
 
 def model_tv2(model: nn.Module) -> torch.Tensor:

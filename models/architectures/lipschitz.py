@@ -14,7 +14,8 @@ in l2 and a logit margin m certifies an l2 radius of m / sqrt(2):
   that is tight for these sizes (within about 1e-3 of the exact norm on a 32 x 32 input), once
   per weight version, so every evaluated layer provably has norm <= 1.
   ``operator_norm()`` gives the exact zero-padded norm (block power iteration).
-* residual blocks average the two paths, ``(shortcut(x) + branch(x)) / 2``: Lip <= (1 + 1) / 2;
+* residual blocks take a learned convex combination of the two paths,
+  ``(1 - a) shortcut(x) + a branch(x)``: Lip <= (1 - a) + a = 1;
 * the input is only mean-centred (dividing by the CIFAR std would scale the constant by 4);
 * global pooling is ``sqrt(H W) * mean``, the norm-1 linear functional (plain averaging would
   shrink every margin by sqrt(H W));
@@ -174,7 +175,8 @@ class SNLinear(_SpectralNorm, nn.Linear):
 
 
 class LipschitzBlock(nn.Module):
-    """act((shortcut(x) + conv2(act(conv1(x)))) / 2) with 1-Lipschitz parts."""
+    """act((1 - a) shortcut(x) + a conv2(act(conv1(x)))) with 1-Lipschitz parts and a learned
+    convex weight a = sigmoid(mix) (0.5 at init), so the block is 1-Lipschitz too."""
 
     def __init__(self, in_ch: int, out_ch: int, *, stride: int, act: str, input_hw: int) -> None:
         super().__init__()
@@ -189,9 +191,11 @@ class LipschitzBlock(nn.Module):
         if stride != 1 or in_ch != out_ch:
             self.shortcut = SNConv2d(in_ch, out_ch, 1, stride=stride, bias=False,
                                      input_hw=(input_hw, input_hw))
+        self.mix = nn.Parameter(torch.zeros(()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act2(0.5 * (self.shortcut(x) + self.conv2(self.act1(self.conv1(x)))))
+        a = torch.sigmoid(self.mix)
+        return self.act2(torch.lerp(self.shortcut(x), self.conv2(self.act1(self.conv1(x))), a))
 
 
 class LipschitzResNet(nn.Module):
@@ -283,7 +287,7 @@ def circular_norm_bound(layer: nn.Module, weight: torch.Tensor) -> float:
 def lipschitz_upper_bound(model: nn.Module, *, method: str = "fft") -> float:
     """The l2 Lipschitz bound of a :class:`LipschitzResNet` (input pixels to logits): the
     product over the layer chain of the normalised layers' operator norms and the activation
-    constants, each residual block contributing the average of its two paths' bounds.
+    constants, each residual block contributing the convex combination of its paths' bounds.
 
     Args:
         method: ``"fft"``: the rigorous circular-embedding bounds of
@@ -319,7 +323,8 @@ def lipschitz_upper_bound(model: nn.Module, *, method: str = "fft") -> float:
     bound = 1.0 * lin_lip(model.stem[0]) * act_lip(model.stem[1])
     for block in model.layers:
         branch = lin_lip(block.conv1) * act_lip(block.act1) * lin_lip(block.conv2)
-        bound *= 0.5 * (lin_lip(block.shortcut) + branch) * act_lip(block.act2)
+        a = torch.sigmoid(block.mix.detach().double()).item()
+        bound *= ((1 - a) * lin_lip(block.shortcut) + a * branch) * act_lip(block.act2)
     return bound * lin_lip(model.fc)
 
 
