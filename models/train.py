@@ -258,7 +258,7 @@ def train(
 
 
 _FRONT_END = {"sugar": None, "tv2": 0.0, "logit_scale": 1.0, "lipschitz_projection": False,
-              "spline_lr_scale": 1.0, "label_smoothing": 0.1}
+              "spline_lr_scale": 1.0, "label_smoothing": 0.1, "weight_decay": 5e-4}
 
 
 def _front_end(rec: dict) -> str:

@@ -107,6 +107,16 @@ def test_one_lipschitz_variant():
     assert act.coefficients.grad.abs().sum() > 0
 
 
+def test_anchored_variant_passes_through_the_origin():
+    act = DeepSpline(3, size=11, range_=2.0, lipschitz_bound=1.0, anchored=True)
+    with torch.no_grad():
+        act.coefficients.copy_(torch.randn(3, 11, generator=torch.Generator().manual_seed(3)))
+    torch.testing.assert_close(act(torch.zeros(4, 3)), torch.zeros(4, 3))
+    assert act.lipschitz().max().item() <= 1 + 1e-6
+    assert not torch.allclose(act(torch.ones(1, 3)), torch.zeros(1, 3))
+    assert "anchored=True" in repr(act)
+
+
 def test_cost_does_not_grow_with_the_number_of_coefficients():
     """O(N C H W): what the backward keeps does not depend on ``size``."""
     saved = {}

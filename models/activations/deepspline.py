@@ -15,7 +15,9 @@ outside, it extrapolates linearly with the end slopes. B1 splines interpolate, s
 * ``DeepSpline(..., lipschitz_bound=1.0)`` projects the slopes into [-1, 1] in every forward
   (clip the finite differences, re-integrate, keep each activation's mean coefficient): the
   stored coefficients are free parameters, the activation actually applied is always
-  1-Lipschitz, and gradients pass through the projection.
+  1-Lipschitz, and gradients pass through the projection. ``anchored=True`` also shifts the
+  applied activation so that sigma(0) = 0 (used without BatchNorm, where a drifting offset
+  has nothing to absorb it).
 
 Cost: evaluation is O(N*C*H*W), independent of ``size``: each input finds its interval by a
 floor, and two gathers (value and slope of that interval) give the output. The backward pass
@@ -36,7 +38,7 @@ from torch import nn
 INITS = ("relu", "leaky_relu", "identity")
 
 
-def _rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _rows(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...] | None]:
     """A contiguous view of ``x`` whose last or second axis is the activation axis, and the
     permutation that undoes it (None: none needed).
 
