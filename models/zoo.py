@@ -70,7 +70,8 @@ _RECIPES: dict[str, dict] = {
 # All six were trained with one recipe, seed and epoch budget (24 epochs, the most that keeps
 # the slowest front end, the deep splines, within 15 minutes on the 2-core dev machine).
 _BUNDLED = {("resnet8", act): "resnet8" if act == "relu" else f"resnet8-{act}"
-            for act in ("relu", "gelu", "sugar-bsilu", "sugar-nelu", "deepspline")}
+            for act in ("relu", "gelu", "sugar-bsilu", "sugar-nelu", "deepspline",
+                        "deepspline-1lip")}
 # Entries evaluated by `harness run` when no --model is given: the bundled front ends.
 _DEFAULT = set(_BUNDLED.values())
 

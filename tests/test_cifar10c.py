@@ -11,6 +11,7 @@ import torch
 from test_cli import one_line_error
 
 import harness.corruptions
+import models
 from conftest import run_cli
 from harness.corruptions import corrupt
 from harness.data import load_cifar10_arrays, load_cifar10c, load_sample
@@ -58,7 +59,8 @@ def resnet8():
 def test_released_files_are_read_at_the_right_rows(released_root, resnet8, tmp_path):
     store = tmp_path / "s.sqlite"
     proc = run_cli("run", "--suite", "cifar10c", "--data-dir", str(released_root), "--n", str(N),
-                   "--corruptions", "fog,contrast", "--store", str(store), "--quiet")
+                   "--corruptions", "fog,contrast", "--store", str(store), "--quiet",
+                   "--model", "resnet8")
     assert proc.returncode == 0, proc.stderr
     assert "source released" in proc.stdout and "cifar10c-released" in proc.stdout
     with Store(store, readonly=True) as st:
@@ -237,18 +239,23 @@ def test_main_job_and_baseline_mce(tmp_path):
     out = proc.stdout
     assert "n = 500 per set | 15 corruptions x 5 severities | source generated" in out
     assert "C-10-C mean %" in out and "frost ~" in out
+    defaults = models.list_models(default=True, pretrained=True)
+    assert len(defaults) == 6   # the six bundled resnet8 front ends
     with Store(store, readonly=True) as st:
         runs = st.runs()
-        assert [r["model"] for r in runs] == ["resnet8"] and runs[0]["complete"]
-        assert runs[0]["n_shards"] == 76 and runs[0]["n"] == 500 * 76
+        assert sorted(r["model"] for r in runs) == defaults
+        assert all(r["complete"] and r["n_shards"] == 76 and r["n"] == 500 * 76 for r in runs)
+    assert all(name in out for name in defaults)   # one summary row per model
     proc = run_cli("run", "--suite", "cifar10c", "--store", str(store), "--baseline", "resnet8",
                    "--quiet", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "resnet8: mCE 100.0 %, relative mCE 100.0 %" in proc.stdout  # itself as baseline
+    assert "resnet8-gelu: mCE" in proc.stdout
+    (base,) = [r for r in runs if r["model"] == "resnet8"]
     listing = run_cli("ls", "runs", "--store", str(store))
-    mean = 100 * headline(st_summary(store, runs[0]["run_id"]))["mean"]
+    mean = 100 * headline(st_summary(store, base["run_id"]))["mean"]
     assert f"{mean:.2f} (C-10-C mean)" in listing.stdout
-    show = run_cli("show", runs[0]["run_id"][:10], "--store", str(store), "--format", "json")
+    show = run_cli("show", base["run_id"][:10], "--store", str(store), "--format", "json")
     doc = json.loads(show.stdout)
     sources = {r["source"] for r in doc["rows"]}
     assert sources == {"clean", "generated"} and len(doc["rows"]) == 76

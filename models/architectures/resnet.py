@@ -23,6 +23,19 @@ from models.activations import make_activation
 from models.architectures._common import CIFAR10_MEAN, CIFAR10_STD, Normalize
 
 
+def stage_plan(blocks: Sequence[int], widths: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(in_channels, out_channels, stride) of every residual block: stage i > 0 starts by
+    downsampling by 2; the stem has ``widths[0]`` channels."""
+    if len(blocks) != len(widths) or not blocks:
+        raise ValueError("blocks and widths must be non-empty and of equal length")
+    plan, in_ch = [], widths[0]
+    for i, (n, w) in enumerate(zip(blocks, widths)):
+        for j in range(n):
+            plan.append((in_ch, w, 2 if (i > 0 and j == 0) else 1))
+            in_ch = w
+    return plan
+
+
 class BasicBlock(nn.Module):
     """conv3x3-BN-act-conv3x3-BN + shortcut, then act."""
 
@@ -68,24 +81,16 @@ class CifarResNet(nn.Module):
         std: Sequence[float] = CIFAR10_STD,
     ) -> None:
         super().__init__()
-        if len(blocks) != len(widths) or not blocks:
-            raise ValueError("blocks and widths must be non-empty and of equal length")
+        plan = stage_plan(blocks, widths)
         self.normalize = Normalize(mean, std)
         self.stem = nn.Sequential(
             nn.Conv2d(3, widths[0], 3, padding=1, bias=False),
             nn.BatchNorm2d(widths[0]),
             make_activation(act, num_channels=widths[0]),
         )
-        layers = []
-        in_ch = widths[0]
-        for i, (n, w) in enumerate(zip(blocks, widths)):
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                layers.append(BasicBlock(in_ch, w, stride=stride, act=act))
-                in_ch = w
-        self.layers = nn.Sequential(*layers)
+        self.layers = nn.Sequential(*(BasicBlock(i, o, stride=s, act=act) for i, o, s in plan))
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_ch, num_classes)
+        self.fc = nn.Linear(widths[-1], num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
