@@ -6,6 +6,11 @@ O(N C H W), so the time must not grow with the number of coefficients).
 Prints, measured side by side in one run, forward (inference_mode) and forward + backward
 times for ReLU and DeepSpline(size) with sizes 5, 51, 201 and 1001, and the ratios
 size-1001 / size-51 (goal: about 1) and spline / ReLU.
+
+Measured on the 2-core dev machine (2026-11-29, float32, 256 x 16 x 32 x 32): size 1001 /
+size 51 = 1.31x forward, 1.26x forward + backward (20x the coefficients; the residue is the
+larger coefficient table's cache misses in the gathers); spline-51 / ReLU = 31.5x forward,
+5.9x forward + backward (ReLU is one pass; the spline is about ten).
 """
 
 from __future__ import annotations
