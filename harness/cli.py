@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tv2", type=float, help="TV(2) weight for deep-spline activations "
                        "(default: the model's recipe, 1e-4 for deepspline models, else 0)")
     train.add_argument("--logit-scale", type=float, help="the loss sees logits x this "
-                       "(default: the model's recipe, 10 for 1-Lipschitz models, else 1)")
+                       "(default: the model's recipe, 16 for 1-Lipschitz models, else 1)")
     train.add_argument("--lipschitz-projection", action=argparse.BooleanOptionalAction,
                        default=None, help="project 1-Lip spline slopes after every step "
                        "(default: the model's recipe)")

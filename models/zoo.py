@@ -63,7 +63,7 @@ _RECIPES: dict[str, dict] = {
     # normalised weights are scale-invariant, so decay only shrinks them and inflates the
     # effective learning rate (by ~16x over 24 epochs). No label smoothing: it caps the logit
     # margins, which are what a 1-Lipschitz network certifies (margin / sqrt(2) = l2 radius).
-    "deepspline-1lip": {"tv2": 1e-4, "logit_scale": 10.0, "lipschitz_projection": True,
+    "deepspline-1lip": {"tv2": 1e-4, "logit_scale": 16.0, "lipschitz_projection": True,
                         "spline_lr_scale": 1e-3, "label_smoothing": 0.0, "weight_decay": 0.0},
 }
 # (arch, activation) -> bundled weights stem; the trained checkpoints live in models/weights/.
