@@ -44,6 +44,7 @@ class TrainRecipe:
     warmup: float = 0.15          # fraction of all steps spent warming up
     ema_decay: float = 0.995      # per step
     crop_pad: int = 4
+    flip: bool = True             # random horizontal flips (off for stride-2 sparse codes)
     seed: int = 0
     bf16: bool = True             # bf16 autocast for forward/backward; weights, EMA, loss in fp32
     # Front-end options (defaults: off; a registry entry's ``recipe`` meta sets its own).
@@ -87,19 +88,22 @@ def _project_splines(model: nn.Module) -> None:
             m.coefficients.copy_(project_slopes(m.coefficients, m.grid, m.lipschitz_bound))
 
 
-def augment(x: torch.Tensor, *, pad: int, generator: torch.Generator) -> torch.Tensor:
+def augment(x: torch.Tensor, *, pad: int, generator: torch.Generator,
+            flip: bool = True) -> torch.Tensor:
     """Per-example random crop (reflect padding) and horizontal flip, batched, no Python loop.
 
     Args:
         x: float images (N, C, H, W).
         pad: maximal shift in pixels.
         generator: the source of randomness (CPU generator).
+        flip: flip half of the examples (the flip draws are made either way, so switching
+            flips off leaves the crops unchanged).
     """
     n, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
     dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
     dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    flip = torch.rand(n, generator=generator) < 0.5
+    flip = (torch.rand(n, generator=generator) < 0.5) & flip
     rows = (dy[:, None] + torch.arange(h)).to(x.device)                      # (N, H)
     cols = dx[:, None] + torch.arange(w)                                      # (N, W)
     cols = torch.where(flip[:, None], cols.flip(1), cols).to(x.device)        # flip = reversed cols
@@ -160,18 +164,23 @@ def train(
     log: Callable[[str], None] = lambda msg: None,
     on_step: Callable[[int, int], None] | None = None,
     eval_every: int = 1,
+    evaluate: Callable[[nn.Module], float] | None = None,
+    crop_pad: int | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train ``model`` with ``recipe`` and return (EMA model in eval mode, summary).
 
     Args:
         model: a freshly built model taking inputs in [0, 1].
-        train_images, train_labels: uint8 (N,3,32,32) and int64 (N,) CPU tensors.
+        train_images, train_labels: uint8 (N,3,32,32) images (or float inputs such as
+            precomputed sparse codes, used as they are) and int64 (N,) CPU tensors.
         recipe: hyper-parameters.
         device: where to train.
         eval_images, eval_labels: optional held-out set evaluated every ``eval_every`` epochs
             and after the last one (monitoring only; its time is reported apart).
         log: receives one line per epoch.
         on_step: called with (step, total_steps) after every optimiser step (progress bars).
+        evaluate: monitoring accuracy of the EMA model, instead of ``eval_images``.
+        crop_pad: shift range in input cells, instead of ``recipe.crop_pad`` (code grids).
     """
     from models.activations.deepspline import model_tv2
 
@@ -207,8 +216,11 @@ def train(
         loss_sum = torch.zeros((), device=device)
         for b in range(steps_per_epoch):
             idx = perm[b * recipe.batch_size:(b + 1) * recipe.batch_size]
-            x = train_images[idx].to(device, non_blocking=True).float().div_(255)
-            x = augment(x, pad=recipe.crop_pad, generator=gen)
+            x = train_images[idx].to(device, non_blocking=True).float()
+            if train_images.dtype == torch.uint8:
+                x = x.div_(255)
+            x = augment(x, pad=recipe.crop_pad if crop_pad is None else crop_pad, generator=gen,
+                        flip=recipe.flip)
             x = x.contiguous(memory_format=torch.channels_last)
             y = train_labels[idx].to(device, non_blocking=True)
             for group in opt.param_groups:
@@ -233,9 +245,11 @@ def train(
                 on_step(step, total)
         record = {"epoch": epoch + 1, "train_loss": loss_sum.item() / steps_per_epoch,
                   "elapsed_s": round(time.perf_counter() - start, 1)}
-        if eval_images is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == recipe.epochs):
+        if (eval_images is not None or evaluate is not None) and (
+                (epoch + 1) % eval_every == 0 or epoch + 1 == recipe.epochs):
             t_eval = time.perf_counter()
-            record["eval_acc_ema"] = evaluate_accuracy(ema, eval_images, eval_labels, device=device)
+            record["eval_acc_ema"] = (evaluate(ema) if evaluate is not None else
+                                      evaluate_accuracy(ema, eval_images, eval_labels, device=device))
             eval_time += time.perf_counter() - t_eval
         history.append(record)
         log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
@@ -267,6 +281,34 @@ def _front_end(rec: dict) -> str:
                      if rec.get(k, default) != default)
 
 
+def _coded_lines(meta: dict) -> list[str]:
+    """Model-card lines of a sparse-coding front end (models.front_ends.training)."""
+    fe = meta.get("front_end") or {}
+    if not fe:
+        return []
+    lines = [
+        f"- Front end: {fe['kind']} -- convolutional LCA, {fe['features']} atoms of "
+        f"{fe['kernel_size']}x{fe['kernel_size']} at stride {fe['stride']} (dictionary "
+        f"`{fe['dictionary']}`, learned unsupervised and fixed), {fe['threshold']} threshold "
+        f"λ = {fe['lambda']}, τ = {fe['tau']}, per-sample standardised input; **evaluation runs "
+        f"{fe['iterations']} LCA iterations** per image"
+        + (" from the predictor's warm start." if fe["kind"] == "warp-lca" else
+           " from zero (cold start)."),
+        f"- The backbone was trained on codes of the train split computed once "
+        f"({meta['coding_time_s']} s, included in the training time); augmentation is a shift "
+        f"of the code grid by up to {meta['recipe']['crop_pad']} px (no flips).",
+    ]
+    pred = meta.get("predictor")
+    if pred:
+        lines.append(
+            f"- Predictor: regressed onto cold LCA's states after {pred['teacher_iterations']} "
+            f"iterations for {pred['n']:,} training images (teacher {pred['teacher_time_s']} s, "
+            f"fit {pred['train_time_s']} s, {pred['epochs']} epochs Adam lr {pred['lr']}); "
+            f"mean squared error of u(0) {pred['history'][-1]['mse']} against "
+            f"{pred['mse_of_untrained_guess_b']} for the untrained guess u(0) = b.")
+    return lines
+
+
 def _model_card(meta: dict) -> str:
     rec = meta["recipe"]
     hist = meta["history"]
@@ -281,10 +323,12 @@ def _model_card(meta: dict) -> str:
         f"- Training: {rec['epochs']} epochs, batch {rec['batch_size']}, SGD Nesterov "
         f"(momentum {rec['momentum']}), one-cycle lr peak {rec['lr']} (warm-up "
         f"{rec['warmup']:.0%}), weight decay {rec['weight_decay']} on conv/linear weights, label "
-        f"smoothing {rec['label_smoothing']}, random crop (reflect pad {rec['crop_pad']}) + flip, "
+        f"smoothing {rec['label_smoothing']}, random crop (reflect pad {rec['crop_pad']})"
+        f"{' + flip' if rec.get('flip', True) else ''}, "
         f"EMA decay {rec['ema_decay']}, {'bf16 autocast' if rec.get('bf16') else 'fp32'}, "
         f"seed {rec['seed']}.",
         *([f"- Front-end settings: {_front_end(rec)}."] if _front_end(rec) else []),
+        *_coded_lines(meta),
         *([f"- Certified l2 Lipschitz bound from pixels in [0, 1] to logits (product of the "
            f"layers' rigorous circular-embedding norm bounds and the splines' max slopes): "
            f"{meta['lipschitz_upper_bound']:.6f}."]

@@ -9,6 +9,10 @@ Names are ``<arch>`` for the ReLU model and ``<arch>-<activation>`` for the othe
 * ``recipe`` -- training-recipe settings the front end needs (TV2 weight, logit scale, ...),
   applied by ``harness train`` unless given on the command line.
 
+Front ends: ``lca-resnet8`` (cold-start LCA, 100 iterations; bundled, not in the default set:
+too slow for the main job) and ``warp-lca-resnet8`` (WARP-LCA, default set), see
+:mod:`models.front_ends`.
+
 Activations: ``relu`` (no suffix), ``gelu``, ``silu``, ``sugar-bsilu``, ``sugar-nelu``,
 ``deepspline`` on every architecture; ``deepspline-1lip`` on the ResNets only, built as a
 :class:`~models.architectures.lipschitz.LipschitzResNet` (spectrally normalised, no BatchNorm)
@@ -125,6 +129,79 @@ def _register_all() -> None:
 
 
 _register_all()
+
+# -- sparse-coding front ends ----------------------------------------------------------------
+# Evaluation-time settings (stated in every model's .meta.front_end). τ = 33 >= ||Φ||²/2 of the
+# bundled dictionary (64.5): inside ISTA's convergence range 1/τ < 2/||Φ||² for every input
+# (the dictionary was learned at τ = 25). Cold LCA: 100 iterations (3 time constants);
+# WARP-LCA: few iterations from the predicted state.
+LCA_TAU = 33.0
+LCA_ITERATIONS = 100
+WARP_LCA_ITERATIONS = 10
+# name -> (warm start?, default set?). Cold LCA costs ~100 iterations per image (~100 images/s
+# on the 2-core dev machine), too slow for the main job's budget; WARP-LCA is in the default set.
+_CODED = {"lca-resnet8": (False, False), "warp-lca-resnet8": (True, True)}
+
+
+def _coded_factory(name: str, warp: bool) -> Callable[..., nn.Module]:
+    def factory(*, num_classes: int = 10) -> nn.Module:
+        from models.front_ends import LCA, FrontEndClassifier, WarpLCA
+        from models.front_ends.training import (
+            DICTIONARY_SETTINGS,
+            DICTIONARY_STEM,
+            load_dictionary,
+        )
+
+        # The learned dictionary is part of the architecture (fixed, unsupervised); without
+        # the bundled file the atoms are random (seeded by the caller).
+        atoms = load_dictionary()[0] if DICTIONARY_STEM.with_suffix(".json").is_file() else None
+        lca = LCA(**{**DICTIONARY_SETTINGS, "tau": LCA_TAU}, iterations=LCA_ITERATIONS,
+                  threshold="soft", dictionary=atoms)
+        front_end = WarpLCA(lca, iterations=WARP_LCA_ITERATIONS) if warp else lca
+        backbone = CifarResNet(**_ARCHS["resnet8"][1], act="relu", num_classes=num_classes,
+                               mean=None, std=None, in_channels=lca.features)
+        model = FrontEndClassifier(front_end, backbone)
+        iterations = WARP_LCA_ITERATIONS if warp else LCA_ITERATIONS
+        model.meta = ModelMeta(
+            name=name, arch="resnet8", activation="relu", num_classes=num_classes, factory=name,
+            mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+            notes=("iterative front end: attacks must differentiate through the unrolled LCA "
+                   "loop (plain autograd) or use BPDA",
+                   "each image is standardised per sample (zero mean, unit variance) by the "
+                   "front end"),
+            factory_kwargs={} if num_classes == 10 else {"num_classes": num_classes},
+            weights=name,
+            front_end={
+                "kind": "warp-lca" if warp else "lca", "iterative": True,
+                "iterations": iterations, "cold_iterations": LCA_ITERATIONS,
+                "threshold": lca.threshold, "nonneg": lca.nonneg, "lambda": lca.lambda_,
+                "tau": lca.tau, "features": lca.features, "kernel_size": lca.kernel_size,
+                "stride": lca.stride, "dictionary": "lca-dictionary" if atoms is not None else None,
+                "attack_gradient": ["unrolled", "bpda"],
+            },
+        )
+        return model
+
+    factory.__name__ = factory.__qualname__ = name.replace("-", "_")
+    factory.__doc__ = (("WARP-LCA (learned warm start + few LCA iterations)" if warp else
+                        "cold-start convolutional LCA") +
+                       " sparse-coding front end (64 atoms 7x7, stride 2) + ResNet-8 on the "
+                       "codes. Inputs in [0, 1].")
+    return factory
+
+
+for _name, (_warp, _default) in _CODED.items():
+    MODELS.add(
+        _name, _coded_factory(_name, _warp), arch="resnet8", activation="relu",
+        front_end="warp-lca" if _warp else "lca", weights=_name, default=_default,
+        description=("WARP-LCA front end (predicted start, "
+                     f"{WARP_LCA_ITERATIONS} LCA iterations)" if _warp else
+                     f"LCA front end (cold start, {LCA_ITERATIONS} iterations; not in the "
+                     "default set: too slow for the main job)") +
+                    " + ResNet-8 on 64x16x16 sparse codes",
+        # Codes are coded once per run; flips do not commute with the stride-2 code grid.
+        recipe={"flip": False},
+    )
 
 
 def weights_path(name: str) -> Path | None:

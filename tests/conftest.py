@@ -44,6 +44,22 @@ def cifar_dir() -> Path:
     return CACHE
 
 
+def make_small_cifar(root: Path) -> Path:
+    """``root/cifar-10-batches-py`` in the official layout from the bundled sample: 5 train
+    batches of 160 images and a test batch of the last 200. Returns ``root``."""
+    from harness.data import load_sample
+
+    s = load_sample()
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    flat = s.images.reshape(1000, -1)
+    for b in range(5):
+        sl = slice(b * 160, (b + 1) * 160)
+        write_batch(folder / f"data_batch_{b + 1}", flat[sl], s.labels[sl], bytes_keys=True)
+    write_batch(folder / "test_batch", flat[800:], s.labels[800:], bytes_keys=True)
+    return root
+
+
 def write_batch(path: Path, data, labels, *, bytes_keys: bool = False) -> None:
     """One batch file in the official pickle layout (bytes keys like the Python 2 release)."""
     d = {"data": data, "labels": list(labels), "batch_label": "test"}

@@ -49,17 +49,9 @@ def test_train_cli_writes_a_loadable_checkpoint_and_card(tmp_path):
     """`harness train` end to end on a small folder in the official layout."""
     import json
 
-    from conftest import run_cli, write_batch
-    from harness.data import load_sample
+    from conftest import make_small_cifar, run_cli
 
-    s = load_sample()
-    root = tmp_path / "cifar-10-batches-py"
-    root.mkdir()
-    flat = s.images.reshape(1000, -1)
-    for b in range(5):  # 5 train batches of 160 images, test batch of the last 200
-        sl = slice(b * 160, (b + 1) * 160)
-        write_batch(root / f"data_batch_{b + 1}", flat[sl], s.labels[sl], bytes_keys=True)
-    write_batch(root / "test_batch", flat[800:], s.labels[800:], bytes_keys=True)
+    make_small_cifar(tmp_path)   # 800 train images, 200 test images
     out = tmp_path / "ck" / "r8"
     out.parent.mkdir()
     proc = run_cli("train", "--model", "resnet8", "--epochs", "2", "--batch-size", "100",

@@ -47,6 +47,10 @@ class ModelMeta:
     factory_kwargs: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     weights: str | None = None
+    # Non-empty for models with a front end before the backbone (LCA, WARP-LCA): its kind,
+    # settings, and ``iterative: True`` where attacks must differentiate through an unrolled
+    # loop or use BPDA.
+    front_end: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -62,4 +66,5 @@ class ModelMeta:
             "factory_kwargs": dict(self.factory_kwargs),
             "notes": list(self.notes),
             "weights": self.weights,
+            "front_end": dict(self.front_end),
         }

@@ -67,7 +67,9 @@ class CifarResNet(nn.Module):
         widths: channels per stage (the stem has ``widths[0]`` channels).
         act: activation name from ``models.activations.ACTIVATIONS``.
         num_classes: size of the output layer.
-        mean, std: per-channel normalisation applied inside the model.
+        mean, std: per-channel normalisation applied inside the model (None: none, for a
+            backbone fed by a front end such as LCA codes).
+        in_channels: input channels (3 for images; a sparse code's features otherwise).
     """
 
     def __init__(
@@ -77,14 +79,15 @@ class CifarResNet(nn.Module):
         widths: Sequence[int],
         act: str = "relu",
         num_classes: int = 10,
-        mean: Sequence[float] = CIFAR10_MEAN,
-        std: Sequence[float] = CIFAR10_STD,
+        mean: Sequence[float] | None = CIFAR10_MEAN,
+        std: Sequence[float] | None = CIFAR10_STD,
+        in_channels: int = 3,
     ) -> None:
         super().__init__()
         plan = stage_plan(blocks, widths)
-        self.normalize = Normalize(mean, std)
+        self.normalize = nn.Identity() if mean is None else Normalize(mean, std)
         self.stem = nn.Sequential(
-            nn.Conv2d(3, widths[0], 3, padding=1, bias=False),
+            nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
             nn.BatchNorm2d(widths[0]),
             make_activation(act, num_channels=widths[0]),
         )

@@ -1,0 +1,222 @@
+"""Training of the sparse-coding front ends and of classifiers on their codes.
+
+Three seeded steps, each timed and recorded in its checkpoint's metadata:
+
+1. :func:`learn_and_save_dictionary` -- unsupervised LCA dictionary learning on the CIFAR-10
+   train split (``models/weights/lca-dictionary.safetensors`` + ``.json``)::
+
+       python -m models.front_ends.training dictionary --data-dir DATA --out models/weights/lca-dictionary
+
+2. :func:`train_predictor` -- WARP-LCA's predictor, regressed onto converged cold-LCA states.
+3. :func:`train_and_save_coded` -- the ResNet-8 backbone trained on the front end's codes of the
+   train split with the shared recipe of :mod:`models.train` (``harness train --model
+   lca-resnet8`` / ``warp-lca-resnet8`` end up here).
+
+The codes of the train split are computed once per run (the front end is frozen while the
+backbone learns), so augmentation happens in code space: a random shift of the code grid by up
+to ``crop_pad // stride`` cells, which is exactly a shift of the image by a multiple of the
+stride away from the borders. Horizontal flips are not used: a flip does not commute with a
+stride-2 code grid centred on even pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from harness.errors import HarnessError
+from models.front_ends.lca import LCA, learn_dictionary
+
+DICTIONARY_STEM = Path(__file__).resolve().parents[1] / "weights" / "lca-dictionary"
+
+# The dictionary of record: 64 atoms of 7x7 at stride 2 (code 64x16x16, 5.3x overcomplete),
+# lcapt's λ = 0.25 on per-sample standardised images, learned with τ = 25. A learned conv
+# dictionary at stride 2 is coherent (smooth atoms overlap their own shifts): ||Φ||² grows to
+# ~65 while learning, and τ = 10 diverged. The models run it at τ = 33 >= ||Φ||²/2
+# (models.zoo.LCA_TAU).
+DICTIONARY_SETTINGS = {"features": 64, "kernel_size": 7, "stride": 2, "lambda_": 0.25, "tau": 25.0}
+
+
+def learn_and_save_dictionary(
+    *, out: str | Path = DICTIONARY_STEM, data_dir=None, steps: int = 300, batch_size: int = 128,
+    lr: float = 0.01, iterations: int = 60, seed: int = 0, device: str = "cpu",
+    log: Callable[[str], None] = lambda msg: None,
+) -> dict:
+    """Learn the LCA dictionary on the train split and write ``out.safetensors``/``out.json``."""
+    from safetensors.torch import save
+
+    from harness.data import load_cifar10_arrays
+    from models.checkpoints import _atomic_write_bytes, checkpoint_file
+
+    train = load_cifar10_arrays("train", data_dir=data_dir)
+    torch.manual_seed(seed)
+    lca = LCA(**DICTIONARY_SETTINGS, iterations=iterations)
+    start = time.perf_counter()
+    history = learn_dictionary(lca, torch.from_numpy(train.images), steps=steps,
+                               batch_size=batch_size, lr=lr, seed=seed, device=device, log=log)
+    seconds = time.perf_counter() - start
+    blob = save({"dictionary": lca.dictionary.detach().cpu().contiguous()})
+    _atomic_write_bytes(checkpoint_file(out, ".safetensors"), blob)
+    import hashlib
+
+    meta = {
+        "kind": "lca-dictionary",
+        "settings": {**DICTIONARY_SETTINGS, "threshold": "soft", "nonneg": True,
+                     "standardize_input": True},
+        "training": {"steps": steps, "batch_size": batch_size, "lr": lr,
+                     "lca_iterations": iterations, "seed": seed, "flip": True,
+                     "time_s": round(seconds, 1), "device": device,
+                     "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "final": {k: round(sum(v[-20:]) / len(v[-20:]), 4) for k, v in history.items()
+                  if isinstance(v, list)},
+        "first": {k: round(v[0], 4) for k, v in history.items() if isinstance(v, list)},
+        "operator_norm_sq": round(lca.operator_norm(), 4),
+        "data": {"source": Path(train.source).name, "train_fingerprint": train.fingerprint},
+        "sha256": hashlib.sha256(blob).hexdigest(),
+        "weights_file": checkpoint_file(out, ".safetensors").name,
+    }
+    _atomic_write_bytes(checkpoint_file(out, ".json"), (json.dumps(meta, indent=2) + "\n").encode())
+    log(f"dictionary learned in {seconds:.0f} s; wrote {out}.safetensors/.json")
+    return meta
+
+
+def load_dictionary(stem: str | Path = DICTIONARY_STEM) -> tuple[torch.Tensor, dict]:
+    """(atoms, metadata) of a dictionary checkpoint, sha256-verified."""
+    from models.checkpoints import checkpoint_file, read_safetensors
+
+    meta_path = checkpoint_file(stem, ".json")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise HarnessError(f"cannot read dictionary metadata {str(meta_path)!r}: {exc}") from None
+    state = read_safetensors(meta_path.with_name(meta["weights_file"]), sha256=meta["sha256"])
+    return state["dictionary"], meta
+
+
+# WARP-LCA's predictor: regressed onto cold LCA's states after `teacher_iterations` (twice
+# the cold model's evaluation count: closer to convergence) of the first `teacher_n` training
+# images.
+PREDICTOR_SETTINGS = {"teacher_n": 10_000, "teacher_iterations": 200, "epochs": 12,
+                      "batch_size": 128, "lr": 2e-3}
+
+
+@torch.no_grad()
+def encode_images(front_end, images: torch.Tensor, *, batch_size: int = 128,
+                  device: str = "cpu", dtype=torch.float16) -> torch.Tensor:
+    """Codes of uint8 images, stored as ``dtype`` on the CPU (float16: 1.6 GB for the train split)."""
+    front_end = front_end.to(device).eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i:i + batch_size].to(device).float().div_(255)
+        x = x.contiguous(memory_format=torch.channels_last)
+        out.append(front_end(x).to(dtype).cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def _accuracy_on_codes(backbone, codes, labels, *, device: str, batch_size: int = 1000) -> float:
+    backbone.eval()
+    correct = 0
+    for c, y in zip(codes.split(batch_size), labels.split(batch_size)):
+        correct += (backbone(c.to(device).float()).argmax(1).cpu() == y).sum().item()
+    return correct / len(labels)
+
+
+def train_and_save_coded(
+    *, model_name: str, out: str, data_dir=None, recipe=None, device: str = "cpu",
+    log: Callable[[str], None] = lambda msg: None, on_step=None, eval_every: int = 4,
+) -> dict:
+    """Train a front-end classifier (``lca-resnet8``, ``warp-lca-resnet8``): the bundled
+    dictionary stays fixed; WARP-LCA's predictor is fitted first; then the train split is coded
+    once and the backbone trained on the codes with ``recipe``. Writes ``out.safetensors``,
+    ``out.json`` and the model card ``out.md``; returns the metadata.
+
+    ``train_time_s`` counts everything that produces the weights: predictor (teacher states
+    included), coding the train split and the backbone's optimisation. Coding the test split
+    for monitoring and the final full-model evaluation count as ``eval_time_s``.
+    """
+    from harness.data import load_cifar10_arrays
+    from models.checkpoints import checkpoint_file, save_checkpoint
+    from models.front_ends.warp_lca import WarpLCA, train_predictor
+    from models.train import TrainRecipe, _model_card, evaluate_accuracy, train
+    from models.zoo import MODELS
+
+    recipe = recipe or TrainRecipe()
+    name = MODELS.resolve(model_name)
+    train_set = load_cifar10_arrays("train", data_dir=data_dir)
+    test_set = load_cifar10_arrays("test", data_dir=data_dir)
+    xtr, ytr = torch.from_numpy(train_set.images), torch.from_numpy(train_set.labels)
+    xte, yte = torch.from_numpy(test_set.images), torch.from_numpy(test_set.labels)
+    torch.manual_seed(recipe.seed)
+    model = MODELS.get(name)()
+    front_end, backbone = model.front_end, model.backbone
+    extra: dict = {"front_end": dict(model.meta.front_end)}
+    start = time.perf_counter()
+    if isinstance(front_end, WarpLCA):
+        settings = dict(PREDICTOR_SETTINGS)
+        n = settings.pop("teacher_n")
+        extra["predictor"] = train_predictor(front_end, xtr[:n], seed=recipe.seed,
+                                             device=device, log=log, **settings)
+    t_codes = time.perf_counter()
+    codes_tr = encode_images(front_end, xtr, device=device)
+    extra["coding_time_s"] = round(time.perf_counter() - t_codes, 1)
+    log(f"coded the train split in {extra['coding_time_s']} s "
+        f"(l0 {(codes_tr[:1000] != 0).float().mean().item():.4f})")
+    prep_time = time.perf_counter() - start
+    t_eval = time.perf_counter()
+    codes_te = encode_images(front_end, xte, device=device)
+    test_coding_time = time.perf_counter() - t_eval
+    stride = front_end.lca.stride if isinstance(front_end, WarpLCA) else front_end.stride
+    ema, summary = train(
+        backbone, codes_tr, ytr, recipe=recipe, device=device, log=log, on_step=on_step,
+        eval_every=eval_every, crop_pad=recipe.crop_pad // stride,
+        evaluate=lambda m: _accuracy_on_codes(m, codes_te, yte, device=device),
+    )
+    del codes_tr
+    model.backbone = ema.to("cpu").to(memory_format=torch.contiguous_format)
+    model = model.eval()
+    t_eval = time.perf_counter()
+    acc = evaluate_accuracy(model, xte, yte, device=device)
+    final_eval = time.perf_counter() - t_eval
+    summary["train_time_s"] = round(summary["train_time_s"] + prep_time, 1)
+    summary["eval_time_s"] = round(summary["eval_time_s"] + test_coding_time + final_eval, 1)
+    extra.update(summary)
+    extra["test"] = {"n": len(yte), "accuracy": acc}
+    extra["data"] = {
+        "source": Path(train_set.source).name, "train_n": len(ytr),
+        "train_fingerprint": train_set.fingerprint, "test_fingerprint": test_set.fingerprint,
+    }
+    meta = save_checkpoint(model, out, factory=name, extra=extra)
+    checkpoint_file(out, ".md").write_text(_model_card(meta))
+    log(f"test accuracy {acc:.4f}; wrote {out}.safetensors/.json/.md")
+    return meta
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m models.front_ends.training")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("dictionary", help="learn the LCA dictionary (unsupervised)")
+    d.add_argument("--data-dir")
+    d.add_argument("--out", default=str(DICTIONARY_STEM))
+    d.add_argument("--steps", type=int, default=300)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    try:
+        learn_and_save_dictionary(out=args.out, data_dir=args.data_dir, steps=args.steps,
+                                  seed=args.seed, device=args.device, log=print)
+    except HarnessError as exc:
+        print(f"error: {exc}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
