@@ -68,10 +68,10 @@ def main() -> None:
                     for term in ("energy", "l0", "recon_error"):
                         finals.setdefault(key, {}).setdefault(term, []).append(out.trace[term][-1])
                 # wall time of the models' own settings (no trace)
-                for key, fn in (("cold@model", lambda: lca.encode(s, iterations=fe["cold_iterations"], threshold=kind)),
-                                ("warp@model", lambda: warp.encode(s, iterations=fe["iterations"], threshold=kind))):
+                for key, coder, iters in (("cold@model", lca, fe["cold_iterations"]),
+                                          ("warp@model", warp, fe["iterations"])):
                     t0 = time.perf_counter()
-                    fn()
+                    coder.encode(s, iterations=iters, threshold=kind)
                     times[key] = times.get(key, 0.0) + time.perf_counter() - t0
         nb = len(x.split(args.batch_size))
         cold_curve = torch.cat(curves["cold"], 1).mean(1)
@@ -87,8 +87,8 @@ def main() -> None:
         print(f"within 5 % of LCA-{args.cold_iterations}'s final energy "
               f"({cold_curve[-1].item():.2f} -> target {target:.2f}): WARP-LCA after "
               f"{k_warp} iterations (goal <= 20), cold LCA after {k_cold}")
-        for key, label, iters in (("cold", f"cold LCA-{args.cold_iterations}", args.cold_iterations),
-                                  ("warp", f"WARP-LCA-{args.warp_iterations}", args.warp_iterations)):
+        for key, label in (("cold", f"cold LCA-{args.cold_iterations}"),
+                           ("warp", f"WARP-LCA-{args.warp_iterations}")):
             f = {t: torch.cat(v).mean().item() for t, v in finals[key].items()}
             print(f"{label:<16} final energy {f['energy']:9.2f}  recon {f['recon_error']:8.2f}  "
                   f"l0 {f['l0']:.4f}  {1000 * times[key] / nb:8.1f} ms/batch (traced)")

@@ -316,8 +316,10 @@ def _model_card(meta: dict) -> str:
         f"# {meta['factory']} -- bundled checkpoint",
         "",
         f"- Architecture: {meta['model']['arch']}, activation {meta['model']['activation']}, "
-        f"{meta['num_params']:,} parameters, normalisation inside the model "
-        f"(mean {meta['model']['mean']}, std {meta['model']['std']}), inputs in [0, 1].",
+        f"{meta['num_params']:,} parameters, "
+        + ("per-sample standardisation in the front end" if meta.get("front_end") else
+           f"normalisation inside the model (mean {meta['model']['mean']}, std "
+           f"{meta['model']['std']})") + ", inputs in [0, 1].",
         f"- Clean accuracy on the full CIFAR-10 test split ({meta['test']['n']:,} images): "
         f"**{100 * meta['test']['accuracy']:.2f} %** (EMA weights, no test-time augmentation).",
         f"- Training: {rec['epochs']} epochs, batch {rec['batch_size']}, SGD Nesterov "

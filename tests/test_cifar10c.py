@@ -240,7 +240,8 @@ def test_main_job_and_baseline_mce(tmp_path):
     assert "n = 500 per set | 15 corruptions x 5 severities | source generated" in out
     assert "C-10-C mean %" in out and "frost ~" in out
     defaults = models.list_models(default=True, pretrained=True)
-    assert len(defaults) == 6   # the six bundled resnet8 front ends
+    assert len(defaults) == 7   # the six bundled resnet8 front ends and warp-lca-resnet8
+    assert "warp-lca-resnet8" in defaults and "lca-resnet8" not in defaults
     with Store(store, readonly=True) as st:
         runs = st.runs()
         assert sorted(r["model"] for r in runs) == defaults

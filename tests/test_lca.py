@@ -62,6 +62,30 @@ def test_drive_and_reconstruct_are_adjoint_and_norm_matches_dense_matrix():
     assert lca.operator_norm((12, 12)) == pytest.approx(exact, rel=1e-3)
 
 
+@pytest.mark.parametrize("kind", ["soft", "hard"])
+def test_residual_form_matches_the_textbook_inhibition_conv(kind):
+    """Our iteration against the textbook one (lcapt's): G = ΦᵀΦ - I as an explicit
+    features x features conv on the code grid, u <- u + (b - u - G*a)/τ. Valid padding: every
+    atom lies inside the image, so the two forms are the same operator."""
+    torch.manual_seed(0)
+    lca = LCA(features=12, kernel_size=7, stride=2, lambda_=0.25, tau=20, threshold=kind,
+              padding="valid")
+    phi = lca.dictionary
+    # G[i, j, dy, dx] = <φ_i, φ_j shifted by (2dy, 2dx)>, |d| <= 3
+    gram = torch.nn.functional.conv2d(phi, phi, stride=2, padding=6)    # (12, 12, 7, 7)
+    gram[range(12), range(12), 3, 3] -= 1.0
+    s = standardize(_images(3))
+    b = lca.drive(s)
+    u = torch.zeros_like(b)
+    for _ in range(25):
+        a = lca.transfer(u)
+        inhib = torch.nn.functional.conv2d(a, gram.transpose(0, 1).flip(-1, -2), padding=3)
+        u = u + (b - u - inhib) / 20
+    ours = lca.encode(s, iterations=25)
+    assert torch.allclose(ours.states, u, atol=1e-4)
+    assert torch.equal(ours.codes != 0, lca.transfer(u) != 0)
+
+
 def test_atoms_have_unit_norm_and_g_identity_holds():
     """b - G*a == Φᵀ(s - Φa) + a, with G*a = ΦᵀΦa - a."""
     torch.manual_seed(0)
@@ -223,9 +247,11 @@ def test_codes_match_lanl_lca_pytorch(kind, tmp_path):
     from lcapt.lca import LCAConv2D
 
     torch.manual_seed(0)
-    ours = LCA(features=16, kernel_size=7, stride=2, lambda_=0.25, tau=20, threshold=kind)
+    ours = LCA(features=16, kernel_size=7, stride=2, lambda_=0.25, tau=20, threshold=kind,
+               padding="valid")
     ref = LCAConv2D(16, 3, str(tmp_path), kernel_size=7, stride=2, lambda_=0.25, tau=20,
-                    lca_iters=41, transfer_func=f"{kind}_threshold", return_vars=["acts", "states"])
+                    lca_iters=41, transfer_func=f"{kind}_threshold", return_vars=["acts", "states"],
+                    pad="valid")
     ref.assign_weight_values(ours.dictionary.clone())
     x = _images(4)
     acts, states = ref(x)
@@ -266,3 +292,25 @@ def test_train_cli_trains_a_front_end_model_end_to_end(name, tmp_path):
     test = load_cifar10_arrays("test", data_dir=tmp_path)
     acc = evaluate_accuracy(model, torch.from_numpy(test.images), torch.from_numpy(test.labels))
     assert acc == meta["test"]["accuracy"]
+
+
+def test_dictionary_checkpoint_round_trip_and_corruption(tmp_path):
+    from conftest import make_small_cifar
+    from harness.errors import HarnessError
+    from models.front_ends.training import learn_and_save_dictionary, load_dictionary
+
+    make_small_cifar(tmp_path)
+    stem = tmp_path / "dict"
+    meta = learn_and_save_dictionary(out=stem, data_dir=tmp_path, steps=3, batch_size=16,
+                                     iterations=10)
+    atoms, read = load_dictionary(stem)
+    assert atoms.shape == (64, 3, 7, 7) and read == meta
+    assert torch.allclose(atoms.flatten(1).norm(dim=1), torch.ones(64), atol=1e-5)
+    assert meta["training"]["steps"] == 3 and meta["data"]["train_fingerprint"]
+    blob = bytearray(stem.with_suffix(".safetensors").read_bytes())
+    blob[-1] ^= 0xFF
+    stem.with_suffix(".safetensors").write_bytes(bytes(blob))
+    with pytest.raises(HarnessError, match="sha256"):
+        load_dictionary(stem)
+    with pytest.raises(HarnessError, match="cannot read dictionary metadata"):
+        load_dictionary(tmp_path / "missing")

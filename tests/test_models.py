@@ -200,8 +200,8 @@ def test_lca_models_share_dictionary_and_backbone_recipe():
     a = models.create_model("lca-resnet8", pretrained=True)
     b = models.create_model("warp-lca-resnet8", pretrained=True)
     assert torch.equal(a.front_end.dictionary, b.front_end.lca.dictionary)
-    ra, rb = read_meta(weights_path("lca-resnet8"))["recipe"], read_meta(weights_path("warp-lca-resnet8"))["recipe"]
-    assert ra == rb
+    recipes = [read_meta(weights_path(n))["recipe"] for n in ("lca-resnet8", "warp-lca-resnet8")]
+    assert recipes[0] == recipes[1]
 
 
 @pytest.mark.parametrize("act", ["relu", "gelu", "silu"])

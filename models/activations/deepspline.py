@@ -64,9 +64,10 @@ class _SplineFn(torch.autograd.Function):
     store and scatter far more)."""
 
     @staticmethod
-    def forward(ctx, x, coefficients, grid, offsets):
+    def forward(ctx, x, coefficients, grid):
         num, size = coefficients.shape
         x_rows, inverse = _rows(x)
+        offsets = _offsets(x_rows, inverse, num, size)
         work = torch.promote_types(x.dtype, torch.float32)  # float32, or float64 if given
         u = x_rows.to(work)                                 # position in grid units:
         u = u / grid if u is x_rows else u.div_(grid)       # (never write into x)
@@ -103,7 +104,7 @@ class _SplineFn(torch.autograd.Function):
             grad_c = total - right
             grad_c[1:] += right[:-1]   # a left knot is never a row's last, so no row bleeds
             grad_c = grad_c.view(ctx.shape).to(ctx.coef_dtype)
-        return grad_x, grad_c, None, None
+        return grad_x, grad_c, None
 
 
 def project_slopes(coefficients: torch.Tensor, grid: float, bound: float) -> torch.Tensor:
@@ -176,10 +177,7 @@ class DeepSpline(nn.Module):
             raise ValueError(f"DeepSpline({self.num_activations}) expects (N, "
                              f"{self.num_activations}) or (N, {self.num_activations}, H, W) "
                              f"input, got {tuple(x.shape)}")
-        coef = self.effective_coefficients()
-        x_rows, inverse = _rows(x)
-        offsets = _offsets(x_rows, inverse, self.num_activations, self.size)
-        return _SplineFn.apply(x, coef, self.grid, offsets)
+        return _SplineFn.apply(x, self.effective_coefficients(), self.grid)
 
     def slopes(self) -> torch.Tensor:
         """Slopes of the applied activation between consecutive knots (num, size - 1)."""

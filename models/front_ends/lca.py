@@ -14,9 +14,13 @@ by iterating the membrane potential ``u``::
 
 (``nonneg=False`` makes both thresholds sign-symmetric). Because the atoms have unit norm,
 ``b - G * a = Φᵀ * (s - Φ * a) + a``: one transposed conv (the reconstruction) and one conv
-(the back-projection) per iteration instead of the 13x13, features x features inhibition conv
-of the textbook form (lanl/lca-pytorch) -- about 10x fewer multiply-adds for 64 atoms of 7x7 at
-stride 2, and the reconstruction, hence the energy trace, comes for free.
+(the back-projection) per iteration instead of the features x features 7x7 inhibition conv on
+the code grid of the textbook form (lanl/lca-pytorch) -- about 10x fewer multiply-adds for 64
+atoms of 7x7 at stride 2, and the reconstruction, hence the energy trace, comes for free.
+With ``padding="same"`` it is also the exact gradient of the energy at the image border, where
+atoms are cut; lcapt's
+inhibition conv counts the atoms' overlap outside the image as well, so the two agree exactly
+only for ``padding="valid"`` (tested against lcapt).
 
 Step size: one iteration is ISTA's proximal-gradient step relaxed by 1/τ. The energy is
 non-increasing (soft threshold) when τ ≥ ||Φ||², the squared operator norm of the conv
@@ -32,7 +36,7 @@ every iteration's tensors are kept, O(iterations x batch x code size).
 
 Example::
 
-    lca = LCA(features=64, kernel_size=7, stride=2, lambda_=0.25, tau=10, iterations=100)
+    lca = LCA(features=64, kernel_size=7, stride=2, lambda_=0.25, tau=33, iterations=100)
     codes = lca(images)                              # (N, 64, 16, 16), images in [0, 1]
     out = lca.encode(lca.prepare(images), trace=True)
     out.trace["energy"]                              # (iterations + 1, N)
@@ -100,7 +104,10 @@ class LCA(nn.Module):
         standardize_input: per-sample zero mean / unit variance before coding (inputs in [0, 1]
             are expected otherwise).
         dictionary: optional initial atoms (features, in_channels, k, k); normalised to unit norm.
-            Default: seeded-free ``torch.randn`` (seed the global generator for reproducibility).
+            Default: ``torch.randn`` (seed the global generator for reproducibility).
+        padding: ``"same"`` (atoms centred on every stride-th pixel, cut at the border; the
+            code of H x W is ceil(H/stride) x ceil(W/stride)) or ``"valid"`` (atoms inside the
+            image only).
     """
 
     def __init__(
@@ -117,10 +124,13 @@ class LCA(nn.Module):
         nonneg: bool = True,
         standardize_input: bool = True,
         dictionary: torch.Tensor | None = None,
+        padding: str = "same",
     ) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError("kernel_size must be odd")
+        if padding not in ("same", "valid"):
+            raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
         if threshold not in THRESHOLDS:
             raise ValueError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}")
         if tau <= 0 or lambda_ < 0 or iterations < 0 or stride < 1:
@@ -130,6 +140,7 @@ class LCA(nn.Module):
         self.lambda_, self.tau, self.iterations = float(lambda_), float(tau), int(iterations)
         self.threshold, self.nonneg = threshold, nonneg
         self.standardize_input = standardize_input
+        self.pad_mode = padding
         if dictionary is None:
             dictionary = torch.randn(features, in_channels, kernel_size, kernel_size)
         if dictionary.shape != (features, in_channels, kernel_size, kernel_size):
@@ -140,24 +151,27 @@ class LCA(nn.Module):
     # -- the linear maps ---------------------------------------------------------------------
     @property
     def padding(self) -> int:
-        return self.kernel_size // 2
+        return self.kernel_size // 2 if self.pad_mode == "same" else 0
 
     def code_shape(self, height: int, width: int) -> tuple[int, int, int]:
         """(features, h, w) of the code of an input of that size."""
-        return (self.features, -(-height // self.stride), -(-width // self.stride))
+        k, p, st = self.kernel_size, self.padding, self.stride
+        return (self.features, (height + 2 * p - k) // st + 1, (width + 2 * p - k) // st + 1)
 
     def drive(self, s: torch.Tensor) -> torch.Tensor:
         """b = Φᵀ * s (correlation of the input with every atom, on the code grid)."""
         return F.conv2d(s, self.dictionary.to(s.dtype), stride=self.stride, padding=self.padding)
 
-    def reconstruct(self, a: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def reconstruct(self, a: torch.Tensor, size: tuple[int, int],
+                    dictionary: torch.Tensor | None = None) -> torch.Tensor:
         """Φ * a, the input the code explains, cropped to ``size`` = (H, W); the adjoint of
-        :meth:`drive`."""
+        :meth:`drive`. ``dictionary`` replaces Φ (dictionary learning differentiates it)."""
         k, st, p = self.kernel_size, self.stride, self.padding
         out_pad = [size[i] - ((a.shape[2 + i] - 1) * st - 2 * p + k) for i in range(2)]
-        if not all(0 <= o < max(st, 1) or o == 0 for o in out_pad):
+        if not all(0 <= o < st for o in out_pad):
             raise ValueError(f"code of shape {tuple(a.shape[2:])} does not fit input size {size}")
-        return F.conv_transpose2d(a, self.dictionary.to(a.dtype), stride=st, padding=p,
+        phi = self.dictionary if dictionary is None else dictionary
+        return F.conv_transpose2d(a, phi.to(a.dtype), stride=st, padding=p,
                                   output_padding=tuple(out_pad))
 
     def transfer(self, u: torch.Tensor, kind: str | None = None) -> torch.Tensor:
@@ -300,9 +314,7 @@ def learn_dictionary(
         with torch.no_grad():
             out = lca.encode(s, iterations=iterations)
         phi = lca.dictionary.clone().requires_grad_(True)
-        k, st, p = lca.kernel_size, lca.stride, lca.padding
-        out_pad = [s.shape[2 + i] - ((out.codes.shape[2 + i] - 1) * st - 2 * p + k) for i in range(2)]
-        recon = F.conv_transpose2d(out.codes, phi, stride=st, padding=p, output_padding=tuple(out_pad))
+        recon = lca.reconstruct(out.codes, s.shape[-2:], dictionary=phi)
         loss = 0.5 * (s - recon).square().sum()
         (grad,) = torch.autograd.grad(loss, phi)
         active = (out.codes != 0).sum(dim=(0, 2, 3)).float() + 1.0

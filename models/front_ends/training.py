@@ -21,13 +21,13 @@ stride-2 code grid centred on even pixels.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from harness.errors import HarnessError
 from models.front_ends.lca import LCA, learn_dictionary
@@ -62,8 +62,6 @@ def learn_and_save_dictionary(
     seconds = time.perf_counter() - start
     blob = save({"dictionary": lca.dictionary.detach().cpu().contiguous()})
     _atomic_write_bytes(checkpoint_file(out, ".safetensors"), blob)
-    import hashlib
-
     meta = {
         "kind": "lca-dictionary",
         "settings": {**DICTIONARY_SETTINGS, "threshold": "soft", "nonneg": True,
@@ -94,7 +92,13 @@ def load_dictionary(stem: str | Path = DICTIONARY_STEM) -> tuple[torch.Tensor, d
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise HarnessError(f"cannot read dictionary metadata {str(meta_path)!r}: {exc}") from None
-    state = read_safetensors(meta_path.with_name(meta["weights_file"]), sha256=meta["sha256"])
+    if not (isinstance(meta, dict) and isinstance(meta.get("weights_file"), str)
+            and isinstance(meta.get("sha256"), str)):
+        raise HarnessError(f"dictionary metadata {str(meta_path)!r} lacks weights_file/sha256")
+    state = read_safetensors(meta_path.with_name(Path(meta["weights_file"]).name),
+                             sha256=meta["sha256"])
+    if "dictionary" not in state:
+        raise HarnessError(f"{meta['weights_file']!r} holds no 'dictionary' tensor")
     return state["dictionary"], meta
 
 

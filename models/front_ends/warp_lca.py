@@ -21,7 +21,7 @@ once, without gradients.
 
 Example::
 
-    warp = WarpLCA(LCA(features=64, kernel_size=7, stride=2, lambda_=0.25, tau=10), iterations=10)
+    warp = WarpLCA(LCA(features=64, kernel_size=7, stride=2, lambda_=0.25, tau=33), iterations=10)
     codes = warp(images)                              # images in [0, 1]
 """
 
