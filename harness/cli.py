@@ -434,8 +434,6 @@ def cmd_train(args) -> int:
                         "{task.total} steps"), TimeElapsedColumn(), TextColumn("ETA"),
                         TimeRemainingColumn(), console=err, disable=args.quiet)
     task = progress.add_task("train", total=None)
-    if MODELS.meta(name).get("front_end"):
-        from models.front_ends.training import train_and_save_coded as train_and_save
     with progress:
         meta = train_and_save(
             model_name=name, out=args.out, data_dir=args.data_dir, recipe=recipe, device=device,

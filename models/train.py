@@ -283,7 +283,7 @@ def _front_end(rec: dict) -> str:
 
 def _coded_lines(meta: dict) -> list[str]:
     """Model-card lines of a sparse-coding front end (models.front_ends.training)."""
-    fe = meta.get("front_end") or {}
+    fe = meta.get("model", {}).get("front_end") or {}
     if not fe:
         return []
     lines = [
@@ -317,7 +317,8 @@ def _model_card(meta: dict) -> str:
         "",
         f"- Architecture: {meta['model']['arch']}, activation {meta['model']['activation']}, "
         f"{meta['num_params']:,} parameters, "
-        + ("per-sample standardisation in the front end" if meta.get("front_end") else
+        + ("per-sample standardisation in the front end"
+           if meta.get("model", {}).get("front_end") else
            f"normalisation inside the model (mean {meta['model']['mean']}, std "
            f"{meta['model']['std']})") + ", inputs in [0, 1].",
         f"- Clean accuracy on the full CIFAR-10 test split ({meta['test']['n']:,} images): "
@@ -363,29 +364,70 @@ def _model_card(meta: dict) -> str:
     return "\n".join(lines)
 
 
+def load_splits(data_dir=None):
+    """(train_set, test_set, (xtr, ytr, xte, yte)): the CIFAR-10 splits as datasets (source,
+    fingerprint) and as uint8/int64 CPU tensors."""
+    from harness.data import load_cifar10_arrays
+
+    train_set = load_cifar10_arrays("train", data_dir=data_dir)
+    test_set = load_cifar10_arrays("test", data_dir=data_dir)
+    tensors = (torch.from_numpy(train_set.images), torch.from_numpy(train_set.labels),
+               torch.from_numpy(test_set.images), torch.from_numpy(test_set.labels))
+    return train_set, test_set, tensors
+
+
+def write_trained(model: nn.Module, out: str, *, name: str, summary: dict, accuracy: float,
+                  train_set, test_set, log: Callable[[str], None] = lambda msg: None) -> dict:
+    """Save a trained model as ``out.safetensors``/``out.json`` with its training summary, test
+    accuracy and data fingerprints, write the model card ``out.md``; returns the metadata."""
+    from pathlib import Path
+
+    from models.checkpoints import checkpoint_file, save_checkpoint
+
+    extra = {
+        **summary,
+        "test": {"n": len(test_set.labels), "accuracy": accuracy},
+        "data": {
+            "source": Path(train_set.source).name,
+            "train_n": len(train_set.labels),
+            "train_fingerprint": train_set.fingerprint,
+            "test_fingerprint": test_set.fingerprint,
+        },
+    }
+    meta = save_checkpoint(model, out, factory=name, extra=extra)
+    checkpoint_file(out, ".md").write_text(_model_card(meta))
+    log(f"test accuracy {accuracy:.4f}; wrote {out}.safetensors/.json/.md")
+    return meta
+
+
 def train_and_save(
     *, model_name: str, out: str, data_dir=None, recipe: TrainRecipe = TrainRecipe(),
     device: str = "cpu", log: Callable[[str], None] = lambda msg: None,
-    on_step: Callable[[int, int], None] | None = None, eval_every: int = 5,
+    on_step: Callable[[int, int], None] | None = None, eval_every: int | None = None,
 ) -> dict:
     """Train a registered model on the CIFAR-10 train split, evaluate it on the test split and
-    write ``out.safetensors``, ``out.json`` and the model card ``out.md``. Returns the metadata."""
-    from pathlib import Path
+    write ``out.safetensors``, ``out.json`` and the model card ``out.md``. Returns the metadata.
 
-    from harness.data import load_cifar10_arrays
-    from models.checkpoints import checkpoint_file, save_checkpoint
+    Models with a sparse-coding front end (registry meta ``front_end``) are trained by
+    :func:`models.front_ends.training.train_and_save_coded` (frozen front end, backbone on
+    precomputed codes). ``eval_every``: epochs between test-split checks (default 5; 4 for
+    front-end models).
+    """
     from models.zoo import MODELS
 
     name = MODELS.resolve(model_name)
-    train_set = load_cifar10_arrays("train", data_dir=data_dir)
-    test_set = load_cifar10_arrays("test", data_dir=data_dir)
-    xtr, ytr = torch.from_numpy(train_set.images), torch.from_numpy(train_set.labels)
-    xte, yte = torch.from_numpy(test_set.images), torch.from_numpy(test_set.labels)
+    if MODELS.meta(name).get("front_end"):
+        from models.front_ends.training import train_and_save_coded
+
+        return train_and_save_coded(model_name=name, out=out, data_dir=data_dir, recipe=recipe,
+                                    device=device, log=log, on_step=on_step,
+                                    eval_every=eval_every or 4)
+    train_set, test_set, (xtr, ytr, xte, yte) = load_splits(data_dir)
     torch.manual_seed(recipe.seed)  # the initialisation is part of the recipe
     model = MODELS.get(name)()
     ema, summary = train(
         model, xtr, ytr, recipe=recipe, device=device, log=log, on_step=on_step,
-        eval_images=xte, eval_labels=yte, eval_every=eval_every,
+        eval_images=xte, eval_labels=yte, eval_every=eval_every or 5,
     )
     acc = evaluate_accuracy(ema, xte, yte, device=device)
     ema = ema.to("cpu").to(memory_format=torch.contiguous_format)
@@ -393,17 +435,5 @@ def train_and_save(
 
     if isinstance(ema, LipschitzResNet):
         summary["lipschitz_upper_bound"] = lipschitz_upper_bound(ema)
-    extra = {
-        **summary,
-        "test": {"n": len(yte), "accuracy": acc},
-        "data": {
-            "source": Path(train_set.source).name,
-            "train_n": len(ytr),
-            "train_fingerprint": train_set.fingerprint,
-            "test_fingerprint": test_set.fingerprint,
-        },
-    }
-    meta = save_checkpoint(ema, out, factory=name, extra=extra)
-    checkpoint_file(out, ".md").write_text(_model_card(meta))
-    log(f"test accuracy {acc:.4f}; wrote {out}.safetensors/.json/.md")
-    return meta
+    return write_trained(ema, out, name=name, summary=summary, accuracy=acc,
+                         train_set=train_set, test_set=test_set, log=log)

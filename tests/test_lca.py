@@ -277,13 +277,13 @@ def test_train_cli_trains_a_front_end_model_end_to_end(name, tmp_path):
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["test"]["n"] == 200 and meta["data"]["train_n"] == 800
     assert meta["recipe"]["flip"] is False
-    assert meta["front_end"]["kind"] == name.removesuffix("-resnet8")
+    assert meta["model"]["front_end"]["kind"] == name.removesuffix("-resnet8")
     assert ("predictor" in meta) == name.startswith("warp")
     if "predictor" in meta:
         p = meta["predictor"]
         assert p["n"] == 800 and p["history"][-1]["mse"] < p["mse_of_untrained_guess_b"]
     card = out.with_suffix(".md").read_text()
-    assert f"evaluation runs {meta['front_end']['iterations']} LCA iterations" in card
+    assert f"evaluation runs {meta['model']['front_end']['iterations']} LCA iterations" in card
     from harness.data import load_cifar10_arrays
     from models.checkpoints import load_model
     from models.train import evaluate_accuracy

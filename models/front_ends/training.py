@@ -144,22 +144,17 @@ def train_and_save_coded(
     included), coding the train split and the backbone's optimisation. Coding the test split
     for monitoring and the final full-model evaluation count as ``eval_time_s``.
     """
-    from harness.data import load_cifar10_arrays
-    from models.checkpoints import checkpoint_file, save_checkpoint
     from models.front_ends.warp_lca import WarpLCA, train_predictor
-    from models.train import TrainRecipe, _model_card, evaluate_accuracy, train
+    from models.train import TrainRecipe, evaluate_accuracy, load_splits, train, write_trained
     from models.zoo import MODELS
 
     recipe = recipe or TrainRecipe()
     name = MODELS.resolve(model_name)
-    train_set = load_cifar10_arrays("train", data_dir=data_dir)
-    test_set = load_cifar10_arrays("test", data_dir=data_dir)
-    xtr, ytr = torch.from_numpy(train_set.images), torch.from_numpy(train_set.labels)
-    xte, yte = torch.from_numpy(test_set.images), torch.from_numpy(test_set.labels)
+    train_set, test_set, (xtr, ytr, xte, yte) = load_splits(data_dir)
     torch.manual_seed(recipe.seed)
     model = MODELS.get(name)()
     front_end, backbone = model.front_end, model.backbone
-    extra: dict = {"front_end": dict(model.meta.front_end)}
+    extra: dict = {}
     start = time.perf_counter()
     if isinstance(front_end, WarpLCA):
         settings = dict(PREDICTOR_SETTINGS)
@@ -190,15 +185,8 @@ def train_and_save_coded(
     summary["train_time_s"] = round(summary["train_time_s"] + prep_time, 1)
     summary["eval_time_s"] = round(summary["eval_time_s"] + test_coding_time + final_eval, 1)
     extra.update(summary)
-    extra["test"] = {"n": len(yte), "accuracy": acc}
-    extra["data"] = {
-        "source": Path(train_set.source).name, "train_n": len(ytr),
-        "train_fingerprint": train_set.fingerprint, "test_fingerprint": test_set.fingerprint,
-    }
-    meta = save_checkpoint(model, out, factory=name, extra=extra)
-    checkpoint_file(out, ".md").write_text(_model_card(meta))
-    log(f"test accuracy {acc:.4f}; wrote {out}.safetensors/.json/.md")
-    return meta
+    return write_trained(model, out, name=name, summary=extra, accuracy=acc,
+                         train_set=train_set, test_set=test_set, log=log)
 
 
 def main(argv=None) -> int:
