@@ -290,7 +290,8 @@ def _coded_lines(meta: dict) -> list[str]:
         f"- Front end: {fe['kind']} -- convolutional LCA, {fe['features']} atoms of "
         f"{fe['kernel_size']}x{fe['kernel_size']} at stride {fe['stride']} (dictionary "
         f"`{fe['dictionary']}`, learned unsupervised and fixed), {fe['threshold']} threshold "
-        f"λ = {fe['lambda']}, τ = {fe['tau']}, per-sample standardised input; **evaluation runs "
+        f"λ = {fe['lambda']}, τ = {fe['tau']}, per-sample standardised"
+        f"{' and ZCA-whitened' if fe.get('whitening') else ''} input; **evaluation runs "
         f"{fe['iterations']} LCA iterations** per image"
         + (" from the predictor's warm start." if fe["kind"] == "warp-lca" else
            " from zero (cold start)."),
@@ -300,12 +301,17 @@ def _coded_lines(meta: dict) -> list[str]:
     ]
     pred = meta.get("predictor")
     if pred:
+        stage1 = [h for h in pred["history"] if "unrolled" not in h]
+        stage2 = [h for h in pred["history"] if "unrolled" in h]
         lines.append(
-            f"- Predictor: regressed onto cold LCA's states after {pred['teacher_iterations']} "
+            f"- Predictor: regressed onto cold LCA's states u* after {pred['teacher_iterations']} "
             f"iterations for {pred['n']:,} training images (teacher {pred['teacher_time_s']} s, "
-            f"fit {pred['train_time_s']} s, {pred['epochs']} epochs Adam lr {pred['lr']}); "
-            f"mean squared error of u(0) {pred['history'][-1]['mse']} against "
-            f"{pred['mse_of_untrained_guess_b']} for the untrained guess u(0) = b.")
+            f"fit {pred['train_time_s']} s): {pred['epochs']} epochs Adam lr {pred['lr']} on "
+            f"u(0), mean squared error {stage1[-1]['mse']} against "
+            f"{pred['mse_of_untrained_guess_b']} for the untrained guess u(0) = b"
+            + (f"; then {len(stage2)} epochs through the unrolled iterations on the first "
+               f"{pred['unroll_n']:,} images (Adam lr {pred['unroll_lr']}), mean squared error "
+               f"of u({stage2[-1]['unrolled']}) {stage2[-1]['mse']}." if stage2 else "."))
     return lines
 
 
@@ -317,7 +323,9 @@ def _model_card(meta: dict) -> str:
         "",
         f"- Architecture: {meta['model']['arch']}, activation {meta['model']['activation']}, "
         f"{meta['num_params']:,} parameters, "
-        + ("per-sample standardisation in the front end"
+        + ("per-sample standardisation"
+           + (" and ZCA whitening" if meta["model"]["front_end"].get("whitening") else "")
+           + " in the front end"
            if meta.get("model", {}).get("front_end") else
            f"normalisation inside the model (mean {meta['model']['mean']}, std "
            f"{meta['model']['std']})") + ", inputs in [0, 1].",

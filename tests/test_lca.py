@@ -121,13 +121,32 @@ def test_bundled_models_tau_is_in_the_convergent_range_and_energy_decreases_on_i
 
     lca = models.create_model("lca-resnet8").front_end
     norm = lca.operator_norm()
-    assert lca.tau > norm / 2 and norm > 10          # coherent: τ = 10 would be unsafe
+    assert lca.tau > norm / 2
+    # whitened input keeps the learned atoms incoherent (unwhitened: ||Φ||² = 64.5, τ = 33)
+    assert lca.whitening is not None and norm < 20 and lca.tau < 10
     x = _images(16)
     noisy = (x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     for inp in (x, noisy):
         e = lca.encode(lca.prepare(inp), iterations=150, trace=True).trace["energy"]
         assert (e[1:] <= e[:-1] * (1 + 1e-6) + 1e-4).all()
         assert (e[-1] < 0.7 * e[0]).all()
+
+
+def test_bundled_warp_lca_comes_within_5_percent_of_converged_energy_in_its_iterations():
+    """Issue #6's goal on held-out sample images: the bundled WARP-LCA, after the 20 iterations it
+    runs, is within 5 % of LCA-1000's mean energy; cold LCA after 20 is not (the warm start is
+    what gets it there). benchmarks/bench_lca.py measures the full curves."""
+    import models
+
+    warp = models.create_model("warp-lca-resnet8", pretrained=True).front_end
+    lca = warp.lca
+    s = lca.prepare(_images(64, seed=5))
+    with torch.no_grad():
+        converged = lca.energy(s, lca.encode(s, iterations=1000).codes).mean()
+        warm = lca.energy(s, warp.encode(s).codes).mean()
+        cold = lca.energy(s, lca.encode(s, iterations=warp.iterations).codes).mean()
+    assert warp.iterations <= 20
+    assert warm <= 1.05 * converged < cold, (warm / converged, cold / converged)
 
 
 def test_energy_trace_rows_match_the_codes():
@@ -199,6 +218,30 @@ def test_predictor_training_reduces_the_regression_error_and_the_warm_energy():
     with torch.no_grad():
         e_after = lca.energy(s, warp.encode(s).codes).mean()
     assert e_after < e_before                         # held-out images: a better warm start
+
+
+def _neighbour_correlation(s):
+    a, b = s[..., :, :-1].flatten(), s[..., :, 1:].flatten()
+    return torch.corrcoef(torch.stack([a, b]))[0, 1].item()
+
+
+def test_whitening_filter_decorrelates_neighbouring_pixels_at_unit_variance():
+    from models.front_ends.lca import whiten, whitening_filter
+
+    train = (_images(600, seed=3) * 255).to(torch.uint8)
+    filt = whitening_filter(train, size=9, eps=0.05)
+    assert filt.shape == (3, 3, 9, 9)
+    held_out = standardize(_images(200, seed=4))
+    raw, white = _neighbour_correlation(held_out), _neighbour_correlation(whiten(held_out, filt))
+    # natural images are strongly correlated; eps = 0.05 leaves a little (0.30 measured)
+    assert raw > 0.8 and abs(white) < 0.4, (raw, white)
+    assert 0.8 < whiten(standardize(train.float() / 255), filt).std() < 1.2
+    lca = LCA(features=8, whitening=filt)
+    x = _images(4)
+    assert torch.equal(lca.prepare(x), whiten(standardize(x), filt))
+    assert "whitening" in lca.state_dict() and "whitening" not in LCA(features=8).state_dict()
+    with pytest.raises(ValueError, match="whitening filter"):
+        LCA(features=8, whitening=torch.zeros(3, 3, 4, 4))
 
 
 def test_dictionary_learning_lowers_the_energy_keeps_unit_atoms_and_is_seeded():
@@ -294,6 +337,34 @@ def test_train_cli_trains_a_front_end_model_end_to_end(name, tmp_path):
     assert acc == meta["test"]["accuracy"]
 
 
+def test_unrolled_stage_lowers_the_error_left_after_k_iterations():
+    """Stage 2 of the predictor's training regresses u(K) onto u*: on held-out images the state
+    after K iterations is closer to u* than with the stage-1 (u(0) regression) predictor."""
+    import copy
+
+    from models.front_ends import train_predictor
+    from models.front_ends.warp_lca import cold_states
+
+    torch.manual_seed(0)
+    lca = LCA(features=16, kernel_size=7, stride=2, tau=10, iterations=60)
+    images = (_images(512, seed=1) * 255).to(torch.uint8)
+    held_out = _images(128, seed=2)
+    s, target = lca.prepare(held_out), cold_states(lca, held_out, iterations=60)
+
+    def error_after(warp, k=5):
+        with torch.no_grad():
+            return (warp.encode(s, iterations=k).states - target).square().mean().item()
+
+    stage1 = WarpLCA(lca, iterations=5, hidden=16)
+    train_predictor(stage1, images, teacher_iterations=60, epochs=6, batch_size=32, lr=3e-3)
+    both = copy.deepcopy(stage1)
+    torch.manual_seed(0)
+    info = train_predictor(both, images, teacher_iterations=60, epochs=0, batch_size=32,
+                           unroll_epochs=3, unroll_lr=1e-3)
+    assert info["unroll_iterations"] == 5 and info["history"][-1]["unrolled"] == 5
+    assert error_after(both) < 0.9 * error_after(stage1)      # 0.82x measured
+
+
 def test_dictionary_checkpoint_round_trip_and_corruption(tmp_path):
     from conftest import make_small_cifar
     from harness.errors import HarnessError
@@ -303,8 +374,11 @@ def test_dictionary_checkpoint_round_trip_and_corruption(tmp_path):
     stem = tmp_path / "dict"
     meta = learn_and_save_dictionary(out=stem, data_dir=tmp_path, steps=3, batch_size=16,
                                      iterations=10)
-    atoms, read = load_dictionary(stem)
+    tensors, read = load_dictionary(stem)
+    atoms = tensors["dictionary"]
     assert atoms.shape == (64, 3, 7, 7) and read == meta
+    assert tensors["whitening"].shape == (3, 3, 9, 9)
+    assert meta["settings"]["whitening"]["size"] == 9
     assert torch.allclose(atoms.flatten(1).norm(dim=1), torch.ones(64), atol=1e-5)
     assert meta["training"]["steps"] == 3 and meta["data"]["train_fingerprint"]
     blob = bytearray(stem.with_suffix(".safetensors").read_bytes())

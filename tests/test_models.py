@@ -190,6 +190,7 @@ def test_lca_front_ends_are_bundled_and_only_warp_is_in_the_main_job():
     for name, kind in (("lca-resnet8", "lca"), ("warp-lca-resnet8", "warp-lca")):
         fe = models.create_model(name).meta.front_end
         assert fe["kind"] == kind and fe["iterative"] and fe["dictionary"] == "lca-dictionary"
+        assert fe["whitening"] == "zca"
         assert read_meta(weights_path(name))["model"]["front_end"] == fe   # stated in .meta
     lca_meta = models.create_model("lca-resnet8").meta.front_end
     warp_meta = models.create_model("warp-lca-resnet8").meta.front_end
@@ -200,6 +201,7 @@ def test_lca_models_share_dictionary_and_backbone_recipe():
     a = models.create_model("lca-resnet8", pretrained=True)
     b = models.create_model("warp-lca-resnet8", pretrained=True)
     assert torch.equal(a.front_end.dictionary, b.front_end.lca.dictionary)
+    assert torch.equal(a.front_end.whitening, b.front_end.lca.whitening)
     recipes = [read_meta(weights_path(n))["recipe"] for n in ("lca-resnet8", "warp-lca-resnet8")]
     assert recipes[0] == recipes[1]
 
