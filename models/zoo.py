@@ -169,7 +169,9 @@ def _coded_factory(name: str, warp: bool) -> Callable[..., nn.Module]:
             notes=("iterative front end: attacks must differentiate through the unrolled LCA "
                    "loop (plain autograd) or use BPDA",
                    "each image is standardised per sample (zero mean, unit variance) and "
-                   "ZCA-whitened by the front end"),
+                   "ZCA-whitened by the front end",
+                   "whitening amplifies pixel noise: expect large drops under CIFAR-10-C's "
+                   "noise corruptions (gaussian, shot, impulse)"),
             factory_kwargs={} if num_classes == 10 else {"num_classes": num_classes},
             weights=name,
             front_end={

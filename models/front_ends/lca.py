@@ -1,9 +1,9 @@
 """Convolutional sparse coding with the Locally Competitive Algorithm (LCA, Rozell et al. 2008).
 
 For an input ``s`` (per-sample standardised image, optionally ZCA-whitened: :meth:`LCA.prepare`)
-and a dictionary ``Φ`` of unit-norm conv
-atoms (``features`` x ``in_channels`` x ``k`` x ``k``, applied at ``stride``), LCA looks for a
-sparse code ``a`` (``features`` x H/stride x W/stride) minimising
+and a dictionary ``Φ`` of unit-norm conv atoms (``features`` x ``in_channels`` x ``k`` x ``k``,
+applied at ``stride``), LCA looks for a sparse code ``a`` (``features`` x H/stride x W/stride)
+minimising
 
     E(a) = 1/2 ||s - Φ * a||²  +  λ ||a||_1        (soft threshold)
     E(a) = 1/2 ||s - Φ * a||²  +  λ ||a||_0        (hard threshold; λ²/2 in some texts)
@@ -82,6 +82,9 @@ def whitening_filter(images: torch.Tensor, *, size: int = 9, eps: float = 0.05,
     coherence (||Φ||² ≈ 65 for 64 atoms of 7x7) forces τ ≈ 33, and every LCA iteration then
     removes only 1/33 of a unit's error. On whitened images the learned atoms are edge-like,
     ||Φ||² drops to 14.25 and τ to 7.5 (Olshausen & Field's sparse coding also whitens).
+    The price: whitening amplifies high frequencies, pixel noise included, so classifiers on
+    whitened codes lose much more accuracy under CIFAR-10-C's noise corruptions than on raw
+    ones (the main job measures it; the bundled models' ``meta.notes`` say so).
     """
     x = images.float().div(255) if images.dtype == torch.uint8 else images.float()
     s = standardize(x)

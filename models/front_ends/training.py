@@ -38,7 +38,7 @@ DICTIONARY_STEM = Path(__file__).resolve().parents[1] / "weights" / "lca-diction
 # lcapt's λ = 0.25, on per-sample standardised images whitened by a 9x9 ZCA filter estimated
 # from 10,000 train images (WHITENING_SETTINGS), learned with τ = 10. Without whitening the
 # learned atoms are smooth and coherent (||Φ||² = 64.5 forced τ = 33, and WARP-LCA needed 47
-# iterations to come within 5 % of converged energy); whitened, ||Φ||² is ~13 and the models
+# iterations to come within 5 % of converged energy); whitened, ||Φ||² = 14.25 and the models
 # run τ = models.zoo.LCA_TAU >= ||Φ||²/2.
 DICTIONARY_SETTINGS = {"features": 64, "kernel_size": 7, "stride": 2, "lambda_": 0.25, "tau": 10.0}
 WHITENING_SETTINGS = {"size": 9, "eps": 0.05, "n_images": 10_000}
