@@ -7,9 +7,10 @@ atoms, one conv of the frozen dictionary) to an initial membrane potential
 
 and LCA runs only ``iterations`` steps from there (cold LCA starts from u(0) = 0; the zoo
 runs it for 100 iterations and WARP-LCA for 20, see benchmarks/bench_lca.py). ``P`` is three
-3x3 convs (features -> hidden -> hidden -> features, ReLU between), receptive field ±3 code cells, which is exactly the reach of the lateral inhibition
-G = ΦᵀΦ - I for 7x7 atoms at stride 2; its last conv starts at zero, so an untrained predictor
-is the one-step guess u(0) = b.
+3x3 convs (features -> hidden -> hidden -> features, ReLU between), receptive field ±3 code
+cells, which is exactly the reach of the lateral inhibition G = ΦᵀΦ - I for 7x7 atoms at
+stride 2; its last conv starts at zero, so an untrained predictor is the one-step guess
+u(0) = b.
 
 Training (:func:`train_predictor`), two stages, both regressions onto the converged states u*
 of cold-start LCA (the teacher, computed once without gradients):
