@@ -234,7 +234,10 @@ def test_suite_options_are_rejected_elsewhere(tmp_path):
 @pytest.mark.slow
 def test_main_job_and_baseline_mce(tmp_path):
     store = tmp_path / "s.sqlite"
-    proc = run_cli("run", "--suite", "cifar10c", "--store", str(store), cwd=tmp_path)
+    # the whole main job (~175 s alone on 2 cores); the timeout only catches a hang, and the
+    # default 300 s was hit when the machine was shared
+    proc = run_cli("run", "--suite", "cifar10c", "--store", str(store), cwd=tmp_path,
+                   timeout=900)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "n = 500 per set | 15 corruptions x 5 severities | source generated" in out
