@@ -404,7 +404,7 @@ def cmd_train(args) -> int:
 
     from harness.runner import check_device
     from models.activations.sugar import SURROGATES
-    from models.train import recipe_for, train_and_save
+    from models.training import recipe_for, train_and_save
     from models.zoo import MODELS
 
     name = MODELS.resolve(args.model)

@@ -144,7 +144,7 @@ def evaluate_accuracy(model: nn.Module, images_u8: torch.Tensor, labels: torch.T
                       batch_size: int = 1000, device: str = "cpu") -> float:
     """Top-1 accuracy of ``model`` on uint8 images (N,3,32,32), with the clean suite's
     prediction loop, so training monitors exactly what ``harness run --suite clean`` measures."""
-    from harness.suites.clean import predict
+    from harness.predict import predict
 
     model.eval()
     pred, _ = predict(model, images_u8, labels, device=device, dtype=torch.float32,

@@ -19,7 +19,7 @@ from harness.errors import HarnessError
 from harness.runner import LoadedModel, prepare_model, resolve_model, run_suites
 from harness.store import Store
 from harness.suites.cifar10c import headline, mce, parse_corruptions, parse_severities
-from harness.suites.clean import predict
+from harness.predict import predict
 from models import create_model
 
 N = 120  # examples per severity written into the small released folder

@@ -102,7 +102,7 @@ def _accuracy_gaps(sample, names):
     """(corruption, mean gap pp, worst cell |gap| pp) of the bundled ResNet-8 on harness vs
     reference output of the whole sample."""
     from harness.runner import prepare_model, resolve_model
-    from harness.suites.clean import predict
+    from harness.predict import predict
 
     model = prepare_model(resolve_model("resnet8"), sample, device="cpu", dtype="float32")
     labels = torch.from_numpy(sample.labels)

@@ -1,0 +1,31 @@
+"""The batched prediction loop every suite and the training monitor share (foundation layer).
+
+Example::
+
+    pred, loss = predict(model, images_u8, labels, device="cpu", dtype=torch.float32,
+                         batch_size=250)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def predict(model, images_u8: torch.Tensor, labels: torch.Tensor, *, device: str, dtype,
+            batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pred, loss) for uint8 images, batched under inference mode; one host sync at the end.
+
+    Images are converted to ``dtype`` in [0, 1] and channels_last per batch on the device.
+    """
+    dtype = dtype or torch.float32
+    preds, losses = [], []
+    with torch.inference_mode():
+        for xb, yb in zip(images_u8.split(batch_size), labels.split(batch_size)):
+            xb = xb.to(device, non_blocking=True).to(dtype).div_(255)
+            xb = xb.contiguous(memory_format=torch.channels_last)
+            logits = model(xb).float()
+            yb = yb.to(device, non_blocking=True)
+            preds.append(logits.argmax(1))
+            losses.append(F.cross_entropy(logits, yb, reduction="none"))
+    return torch.cat(preds).cpu(), torch.cat(losses).cpu()
