@@ -30,8 +30,17 @@ from pathlib import Path
 import torch
 
 from harness.data import load_cifar10_arrays
-from harness.runner import resolve_model, run_suite
+from harness.executor import execute
+from harness.plan import plan_run
+from harness.resolve import resolve_model
 from harness.store import Store
+
+
+def run_clean(data, store, batch_size: int):
+    """The harness's whole path for one run: plan (resolve, probe) + execute into ``store``."""
+    (out,) = execute(plan_run(suite="clean", models=["resnet8"], data=data,
+                              batch_size=batch_size), store)
+    return out
 
 
 def raw_loop(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
@@ -64,8 +73,7 @@ def main() -> None:
     # git provenance), so the timed rounds compare steady states.
     raw_loop(model, images[:500], labels[:500], args.batch_size)
     with Store(":memory:") as store:
-        run_suite(model=resolve_model("resnet8"), suite="clean", data=data.head(500), store=store,
-                  batch_size=args.batch_size)
+        run_clean(data.head(500), store, args.batch_size)
 
     raw_t, har_t = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,8 +87,7 @@ def main() -> None:
         def time_harness(r: int) -> float:
             t0 = time.perf_counter()
             with Store(Path(tmp) / f"bench{r}.sqlite") as store:
-                out = run_suite(model=resolve_model("resnet8"), suite="clean", data=data,
-                                store=store, batch_size=args.batch_size)
+                out = run_clean(data, store, args.batch_size)
             har_t.append(time.perf_counter() - t0)
             assert out.shards_computed == out.shards_total  # a fresh store: nothing reused
             return float(out.summary["accuracy"].iloc[0])

@@ -9,14 +9,16 @@ per batch for each configuration, all measured in this run.
 
     python benchmarks/bench_lca.py [--n 1000] [--batch-size 250] [--threads 2]
 
-Measured on the 2-core dev machine (2026-11-29, bundled models, defaults; whitened dictionary,
-τ = 7.5): soft threshold -- WARP-LCA within 5 % of LCA-1000 (315.31) after 15 iterations (goal
-<= 20), cold LCA after 24; WARP-LCA-20 571 ms vs cold LCA-100 2,687 ms per batch of 250 (4.7x).
-Hard threshold (predictor trained on soft-threshold states) -- cold LCA within 5 % after 456
-iterations, WARP-LCA not within 100, though below cold LCA from iteration 3 on (613 vs 670 at
-20). WARP-LCA's iteration-0 energy is high (10,476): its predictor is trained as a start for 20
-iterations (see models/front_ends/warp_lca.py), and 3 iterations bring it below cold LCA's.
-The earlier unwhitened dictionary (||Φ||² = 64.5, τ = 33) needed 47 WARP iterations.
+Measured on the 2-core dev machine (2026-11-29, bundled models, defaults; whitened dictionary
+at its τ, see models/weights/lca-dictionary.json): soft threshold -- WARP-LCA within 5 % of
+LCA-1000 (315.31) after 15 iterations (goal <= 20), cold LCA after 24; WARP-LCA-20 571 ms vs
+cold LCA-100 2,687 ms per batch of 250 (4.7x). Hard threshold (predictor trained on
+soft-threshold states) -- cold LCA within 5 % after 456 iterations, WARP-LCA not within 100,
+though below cold LCA from iteration 3 on (613 vs 670 at 20). WARP-LCA's iteration-0 energy is
+high (10,476): its predictor is trained as a start for 20 iterations (see
+models/training/predictor.py), and 3 iterations bring it below cold LCA's. The earlier
+unwhitened dictionary (coherent atoms: several times the ||Φ||² and τ) needed 47 WARP
+iterations.
 """
 
 from __future__ import annotations

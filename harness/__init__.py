@@ -1,6 +1,6 @@
 """Robustness benchmarking harness for image classifiers.
 
-Importing ``harness`` is cheap (no torch); :func:`evaluate` and the submodules load lazily.
+Importing ``harness`` is cheap (no torch): :func:`evaluate` imports what it needs when called.
 
 Example::
 
@@ -9,15 +9,8 @@ Example::
     df["correct"].mean()
 """
 
+from harness.api import evaluate
 from harness.errors import HarnessError
+from harness.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["HarnessError", "__version__", "evaluate"]
-
-
-def __getattr__(name: str):
-    if name == "evaluate":
-        from harness.api import evaluate
-
-        return evaluate
-    raise AttributeError(f"module 'harness' has no attribute {name!r}")

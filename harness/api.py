@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import os
 
-from harness.errors import HarnessError
-
 
 def evaluate(
     model,
@@ -42,35 +40,26 @@ def evaluate(
         seed: run seed.
         batch_size: evaluation batch size.
         name: label of the model in the store (default: its class name).
-        **options: suite options, e.g. for ``cifar10c``: ``corruptions="fog,snow"``,
-            ``severities="3-5"``, ``source="released" | "generated" | "auto"``.
+        **options: the suite's options (``harness run --suite S --help`` lists them), e.g. for
+            ``cifar10c``: ``corruptions="fog,snow"``, ``severities="3-5"``,
+            ``source="released" | "generated" | "auto"``.
 
     Returns:
         pandas.DataFrame, one row per (condition, example): run_id, model, suite, data, seed,
-        shard_key, condition columns, example, label, pred, correct, loss.
+        shard_key, condition columns, example, label, pred, correct, loss, and the suite's
+        declared per-example fields. Metric records: ``Store(store).metrics_frame()``.
 
     Raises:
         HarnessError: unknown suite or option, bad data directory, n out of range.
     """
-    from torch import nn
-
-    from harness.runner import LoadedModel, check_device, run_suite
+    # Lazy: `import harness` stays cheap (no torch) until evaluate() is called.
+    from harness.executor import execute
+    from harness.plan import plan_run
+    from harness.resolve import wrap_module
     from harness.store import Store
-    from harness.suites import SUITES
 
-    if not isinstance(model, nn.Module):
-        raise HarnessError(f"evaluate() needs a torch.nn.Module, got {type(model).__name__}")
-    device = check_device(device)
-    suite_obj = SUITES.get(suite)()
-    options = suite_obj.check_options(options)
-    data = suite_obj.load_data(data_dir=data_dir, **options)
-    if n is not None and not 1 <= n <= len(data):
-        raise HarnessError(f"n={n} is outside 1..{len(data)} for {data.name}")
-    label = name or type(model).__name__
-    loaded = LoadedModel(name=label, module=model.to(device).eval(),
-                         identity={"python_class": f"{type(model).__module__}."
-                                                   f"{type(model).__qualname__}"})
+    plan = plan_run(suite=suite, models=[wrap_module(model, name=name)], data_dir=data_dir,
+                    n=n, seed=seed, device=device, batch_size=batch_size, options=options)
     with Store(":memory:" if store is None else store) as st:
-        outcome = run_suite(model=loaded, suite=suite, data=data, store=st, n=n, seed=seed,
-                            device=device, batch_size=batch_size, options=options)
+        (outcome,) = execute(plan, st)
         return st.to_frame([outcome.run_id])

@@ -1,8 +1,13 @@
 """Command line: ``harness run | ls | show | train``. ``main(argv) -> int``.
 
-Only this module (and ``reports/``) prints. torch and the model code are imported inside the
-subcommands, so ``harness --help`` starts fast. Every user error -- a :class:`HarnessError`
-or a bad argument -- is one line on stderr and exit status 2, with the store untouched.
+Only this module (and ``reports/``) prints. It knows no suite by name: ``run``'s suite flags,
+its header, summary columns and extra tables come from the suites' declarations
+(:mod:`harness.suites`); the checks before a run are :func:`harness.plan.plan_run`'s and the
+run itself is :func:`harness.executor.execute`. torch and the model code are imported inside
+the subcommands, so ``harness --help`` starts fast. Every user error -- a
+:class:`HarnessError` or a bad argument -- is one line on stderr and exit status 2, with the
+store untouched. ``$HARNESS_PLUGINS`` (comma-separated modules or .py files) is imported
+first, so suites and models registered there appear in every command.
 
 Examples::
 
@@ -12,6 +17,7 @@ Examples::
     harness run --suite clean                        # bundled default models, bundled sample
     harness run --suite clean --model resnet8 --data-dir ~/data --n 10000
     harness run --suite clean --model my_models.py:build --weights net.safetensors
+    harness run --suite cifar10c --help              # the suite's own options
     harness ls models 'resnet8*'
     harness show 3f2a --format csv --examples
 """
@@ -50,17 +56,20 @@ def _default_store() -> str:
     return os.environ.get("HARNESS_STORE") or "harness-results.sqlite"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, suite: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser. ``run`` gets one flag per option of every registered suite (each
+    suite's in its own group), or only ``suite``'s when given (``harness run --suite S --help``)."""
     parser = _Parser(prog="harness", description="Robustness benchmarking harness for image "
-                     "classifiers (CIFAR-10): clean and CIFAR-10-C accuracy; attacks, "
-                     "Lipschitz and sparsity suites to come.")
-    from harness import __version__
+                     "classifiers (CIFAR-10): every example's outcome under each suite goes to a "
+                     "resumable store.")
+    from harness.version import __version__
 
     parser.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="evaluate models on a suite; results go to the store")
-    run.add_argument("--suite", required=True, help="suite name (harness ls suites)")
+    run.add_argument("--suite", required=True, help="suite name (harness ls suites); with "
+                     "--help, lists that suite's options only")
     run.add_argument("--model", action="extend", nargs="+", default=None, metavar="MODEL",
                      help="registry name, pkg.module:factory or file.py:factory (repeatable); "
                           "default: the registry's default set")
@@ -72,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="folder with cifar-10-batches-py and/or CIFAR-10-C "
                      "(default $HARNESS_DATA, else the bundled 1,000-image test sample)")
     run.add_argument("--n", type=_positive_int, help="evaluate the first N examples (per "
-                     "condition; cifar10c on the bundled sample defaults to 500)")
+                     "condition; a suite may default to fewer on the bundled sample)")
     run.add_argument("--batch-size", type=_positive_int, default=250)
     run.add_argument("--shard-size", type=_positive_int, help="examples per stored shard")
     run.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
@@ -80,51 +89,85 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--store", default=None, help=STORE_HELP)
     run.add_argument("--force", action="store_true", help="recompute even if stored")
-    c10c = run.add_argument_group("cifar10c options")
-    c10c.add_argument("--corruptions", help="comma-separated names, or benchmark (default: the "
-                      "15), extra (the 4 extras), all")
-    c10c.add_argument("--severities", help="e.g. 1,3-5 (default 1-5)")
-    c10c.add_argument("--source", choices=("auto", "released", "generated"), help="released "
-                      "CIFAR-10-C files (DIR/CIFAR-10-C/*.npy), generated corruptions, or auto "
-                      "(default: released when present)")
-    c10c.add_argument("--baseline", metavar="MODEL", help="print mCE / relative mCE against "
-                      "this model's stored cifar10c run on the same data")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_suite_options(run, suite)
 
     ls = sub.add_parser("ls", help="list models, suites, stored runs or RobustBench models")
     ls.add_argument("what", choices=("models", "suites", "runs", "robustbench"))
     ls.add_argument("pattern", nargs="?", default="*", help="glob filter on names")
     ls.add_argument("--store", default=None, help=STORE_HELP)
 
-    show = sub.add_parser("show", help="show a stored run (summary or per-example records)")
+    show = sub.add_parser("show", help="show a stored run (summary, per-example records or "
+                          "metric records)")
     show.add_argument("run", help="run id or unique prefix (harness ls runs)")
     show.add_argument("--format", default="table", choices=("table", "csv", "json"))
-    show.add_argument("--examples", action="store_true", help="per-example rows, not the summary")
+    what = show.add_mutually_exclusive_group()
+    what.add_argument("--examples", action="store_true", help="per-example rows, not the summary")
+    what.add_argument("--metrics", action="store_true", help="metric records (per run, layer, "
+                      "iteration...), not the summary")
     show.add_argument("--store", default=None, help=STORE_HELP)
 
     train = sub.add_parser("train", help="train a registered model with the project's recipe")
     train.add_argument("--model", required=True, help="registry name")
     train.add_argument("--out", required=True, help="checkpoint path without suffix")
     train.add_argument("--data-dir", help="folder with cifar-10-batches-py (or $HARNESS_DATA)")
-    # Recipe options default to None: TrainRecipe (models/train.py) holds the one set of defaults
-    # (importing it here would import torch for --help).
-    train.add_argument("--epochs", type=_positive_int, help="default: the recipe's (55)")
-    train.add_argument("--batch-size", type=_positive_int, help="default: the recipe's (256)")
-    train.add_argument("--lr", type=float, help="peak learning rate; default: the recipe's (0.6)")
-    train.add_argument("--seed", type=int, help="default: the recipe's (0)")
+    # Recipe options default to None: TrainRecipe (models.training) holds the one set of
+    # defaults, the bundled models' (importing it here would import torch for --help).
+    train.add_argument("--epochs", type=_positive_int, help="default: the recipe's")
+    train.add_argument("--batch-size", type=_positive_int, help="default: the recipe's")
+    train.add_argument("--lr", type=float, help="peak learning rate; default: the recipe's")
+    train.add_argument("--seed", type=int, help="default: the recipe's")
     train.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     train.add_argument("--sugar", metavar="SURROGATE", help="train the model's ReLUs with this "
                        "SUGAR surrogate gradient (bsilu, nelu, ...); the result is a ReLU model")
     train.add_argument("--tv2", type=float, help="TV(2) weight for deep-spline activations "
-                       "(default: the model's recipe, 1e-4 for deepspline models, else 0)")
+                       "(default: the model's recipe)")
     train.add_argument("--logit-scale", type=float, help="the loss sees logits x this "
-                       "(default: the model's recipe, 16 for 1-Lipschitz models, else 1)")
+                       "(default: the model's recipe)")
     train.add_argument("--lipschitz-projection", action=argparse.BooleanOptionalAction,
                        default=None, help="project 1-Lip spline slopes after every step "
                        "(default: the model's recipe)")
     train.add_argument("--device", default="cpu")
     train.add_argument("--quiet", action="store_true")
     return parser
+
+
+def _add_suite_options(run: argparse.ArgumentParser, only: str | None) -> None:
+    """One flag per suite option, from the suites' declarations (harness.suites.Option).
+    Values stay strings here; the suite converts and validates them (the same path as
+    harness.evaluate's keywords). An option two suites share gets one flag."""
+    from harness.suites import SUITES  # torch-free: suites import torch only when they run
+
+    names = [SUITES.resolve(only)] if only in SUITES else SUITES.names()
+    seen: set[str] = set()
+    for name in names:
+        opts = [o for o in SUITES.get(name).options if o.name not in seen]
+        if not opts:
+            continue
+        group = run.add_argument_group(f"{name} options")
+        for opt in opts:
+            seen.add(opt.name)
+            help_ = opt.help + (f" (default {opt.default})" if opt.default is not None else "")
+            if opt.type is bool:
+                group.add_argument(opt.flag, dest=f"opt_{opt.name}", default=None, help=help_,
+                                   action=argparse.BooleanOptionalAction)
+            else:
+                metavar = opt.metavar or (None if opt.choices else opt.type.__name__.upper())
+                group.add_argument(opt.flag, dest=f"opt_{opt.name}", default=None, help=help_,
+                                   metavar=metavar, choices=list(opt.choices) or None)
+
+
+def _suite_from_argv(argv: Sequence[str]) -> str | None:
+    """The ``--suite`` value of a ``run ... --help`` command line, else None."""
+    argv = list(argv)
+    if not argv or argv[0] != "run" or not {"-h", "--help"} & set(argv):
+        return None
+    for i, arg in enumerate(argv):
+        if arg == "--suite" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--suite="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 # -- subcommands ------------------------------------------------------------------------------------
@@ -138,97 +181,54 @@ def _console(stderr: bool = False):
 
 
 def _pct(x: float) -> str:
-    return f"{100 * x:.2f}"
-
-
-def _suite_options(args) -> dict:
-    return {"corruptions": args.corruptions, "severities": args.severities, "source": args.source}
+    return "-" if x != x else f"{100 * x:.2f}"   # NaN: not measured
 
 
 def cmd_run(args) -> int:
     import time
 
-    from harness.runner import check_device, default_models, prepare_model, resolve_model
+    # Lazy (here and in the other commands): torch and the models load only when a command
+    # needs them, so `harness --help` stays fast.
+    from harness.executor import execute
+    from harness.plan import plan_run
     from harness.store import Store
-    from harness.suites import SUITES
 
     started = time.perf_counter()
-    suite_name = SUITES.resolve(args.suite)
-    suite = SUITES.get(suite_name)()
-    options = suite.check_options(_suite_options(args))
-    refs = args.model or default_models()
-    if args.weights and len(refs) != 1:
-        raise HarnessError("--weights needs exactly one --model")
-    if args.baseline and suite_name != "cifar10c":
-        raise HarnessError("--baseline applies to suite 'cifar10c' only")
-    device = check_device(args.device)
-    data = suite.load_data(data_dir=args.data_dir, **options)
-    if args.n is not None and args.n > len(data):
-        raise HarnessError(f"--n {args.n} exceeds the {len(data)} examples of {data.name}")
-    head = data.head(args.n if args.n is not None else suite.default_n(data))
-    # Validate every option against the data (names, severities, released files) and probe
-    # every model before the store is opened: a bad input must not leave a new store behind.
-    params = suite.params(n=len(head), shard_size=args.shard_size, data=head, device=device,
-                          **options)
-    loaded = [resolve_model(ref, weights=args.weights, device=device,
-                            weights_dir=args.weights_dir) for ref in refs]
-    for lm in loaded:
-        prepare_model(lm, head, device=device, dtype=args.dtype)
+    options = {k[len("opt_"):]: v for k, v in vars(args).items() if k.startswith("opt_")}
+    # Every check (suite, options, data, models, probes) happens before the store is opened:
+    # a bad input must not leave a new store behind.
+    plan = plan_run(suite=args.suite, models=args.model or (), data_dir=args.data_dir, n=args.n,
+                    seed=args.seed, device=args.device, dtype=args.dtype,
+                    batch_size=args.batch_size, shard_size=args.shard_size, options=options,
+                    weights=args.weights, weights_dir=args.weights_dir)
     store_path = args.store or _default_store()
-    if args.baseline:  # read-only lookup first: a missing baseline must not create a store
-        from harness.suites.cifar10c import find_baseline
-
-        _, fp = suite.data_identity(head, params)
-        with Store(store_path, readonly=True) as store:
-            baseline_id = find_baseline(store, args.baseline, {
-                "data_fingerprint": fp, "params": params, "seed": args.seed})
-            baseline = suite.summarize(store, baseline_id)
+    references = plan.suite.references(store_path, plan)   # read-only, before any write
     err = _console(stderr=True)
     with Store(store_path) as store:
-        outcomes = _run_all(loaded, suite_name, data, store, args, device, options, err)
+        outcomes = _execute_with_progress(plan, store, args, err, execute)
     wall = time.perf_counter() - started
     console = _console()
-    header, table = _summary_table(outcomes, args, device, wall)
+    header, table = _summary_table(plan, outcomes, wall)
     console.print(header, soft_wrap=True)
     console.print(table)
-    if suite_name == "cifar10c":
-        console.print(_corruption_table(outcomes))
-        if args.baseline:
-            from harness.suites.cifar10c import mce
-
-            for o in outcomes:
-                m = mce(o.summary, baseline)
-                rel = f", relative mCE {m['relative_mce']:.1f} %" if "relative_mce" in m else ""
-                if m.get("relative_excluded"):
-                    rel += f" (without {', '.join(m['relative_excluded'])}: baseline error not " \
-                           "above its clean error)"
-                console.print(f"{o.spec.model}: mCE {m['mce']:.1f} %{rel} (baseline "
-                              f"{args.baseline}, run {baseline_id[:12]})")
+    for item in plan.suite.tables(outcomes, references):
+        console.print(item if isinstance(item, str) else _rich_table(item))
     return 0
 
 
-_HEADLINE_LABELS = {"accuracy": "accuracy %", "clean": "clean %", "mean": "C-10-C mean %",
-                    "extras": "extras mean %"}
-
-
-def _summary_table(outcomes, args, device, wall: float):
+def _summary_table(plan, outcomes, wall: float):
     from rich.table import Table
 
-    first = outcomes[0]
-    params = first.spec.params
-    what = f"n = {params['n']} examples"
-    if first.spec.suite == "cifar10c":
-        what = (f"n = {params['n']} per set | {len(params['corruptions'])} corruptions x "
-                f"{len(params['severities'])} severities | source {params['source']}")
-    heads = [o.suite.headline(o.summary) for o in outcomes]
+    suite, ctx = plan.suite, plan.ctx
+    heads = [suite.headline(o.summary) for o in outcomes]
     keys = list(dict.fromkeys(k for h in heads for k in h))
-    header = (f"suite {first.spec.suite} | data {first.spec.data} | {what} | seed {args.seed} | "
-              f"{args.dtype} on {device}")
+    header = (f"suite {suite.name} | data {plan.data_name} | {suite.describe(plan.params)} | "
+              f"seed {ctx.seed} | {ctx.dtype} on {ctx.device}")
     table = Table(caption=f"wall time {wall:.1f} s (input preparation "
-                          f"{first.extra.get('inputs_s', 0.0):.1f} s, shared by all models)")
+                          f"{outcomes[0].extra.get('inputs_s', 0.0):.1f} s, shared by all models)")
     table.add_column("model")
     for k in keys:
-        table.add_column(_HEADLINE_LABELS.get(k, f"{k} %"), justify="right")
+        table.add_column(suite.label(k), justify="right")
     for col in ("new shards", "eval s", "run"):
         table.add_column(col, justify="right" if col != "run" else "left")
     for o, h in zip(outcomes, heads):
@@ -237,28 +237,22 @@ def _summary_table(outcomes, args, device, wall: float):
     return header, table
 
 
-def _corruption_table(outcomes):
+def _rich_table(t):
+    """A suite's :class:`harness.suites.Table` as a rich table."""
     from rich.table import Table
 
-    from harness.corruptions import CORRUPTIONS
-    from harness.suites.cifar10c import per_corruption
-
-    per = [per_corruption(o.summary) for o in outcomes]
-    names = list(dict.fromkeys(k for p in per for k in p))
-    table = Table(title="accuracy % by corruption", caption="mean over severities; * extra, "
-                  "not in the mean; ~ approximate generator")
-    table.add_column("corruption")
-    for o in outcomes:
-        table.add_column(o.spec.model, justify="right")
-    for name in names:
-        meta = CORRUPTIONS.meta(name)
-        mark = ("" if meta["benchmark"] else " *") + (
-            " ~" if meta["approximate"] and outcomes[0].spec.params["source"] == "generated" else "")
-        table.add_row(name + mark, *[_pct(p[name]) if name in p else "-" for p in per])
+    table = Table(title=t.title, caption=t.caption or None)
+    frame = t.frame
+    for col in frame.columns:
+        numeric = col in t.percent or frame[col].dtype.kind in "iuf"
+        table.add_column(str(col), justify="right" if numeric else "left")
+    for row in frame.itertuples(index=False):
+        table.add_row(*[_pct(v) if col in t.percent else str(v)
+                        for col, v in zip(frame.columns, row)])
     return table
 
 
-def _run_all(loaded, suite, data, store, args, device, options, err):
+def _execute_with_progress(plan, store, args, err, execute):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -268,22 +262,18 @@ def _run_all(loaded, suite, data, store, args, device, options, err):
         TimeRemainingColumn,
     )
 
-    from harness.runner import run_suites
-
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                         console=err, disable=args.quiet, transient=False)
-    tasks = {lm.name: progress.add_task(f"{lm.name} / {suite}", total=None) for lm in loaded}
+    tasks = {pm.name: progress.add_task(f"{pm.name} / {plan.suite.name}", total=None)
+             for pm in plan.models}
 
     def on_plan(name: str, todo: int, stored: int) -> None:
         progress.update(tasks[name], total=todo + stored, completed=stored)
 
     with progress:
-        return run_suites(models=loaded, suite=suite, data=data, store=store, n=args.n,
-                          seed=args.seed, device=device, dtype=args.dtype,
-                          batch_size=args.batch_size, shard_size=args.shard_size,
-                          force=args.force, options=options, on_plan=on_plan,
-                          on_progress=lambda name, k: progress.advance(tasks[name], k))
+        return execute(plan, store, force=args.force, on_plan=on_plan,
+                       on_progress=lambda name, k: progress.advance(tasks[name], k))
 
 
 def cmd_ls(args) -> int:
@@ -338,7 +328,7 @@ def cmd_ls(args) -> int:
                 suite = SUITES.get(r["suite"])() if r["suite"] in SUITES and r["n"] else None
                 head = suite.headline(suite.summarize(store, r["run_id"])) if suite else {}
                 key = suite.primary if suite and suite.primary in head else None
-                heads.append(f"{_pct(head[key])} ({_HEADLINE_LABELS.get(key, key).rstrip(' %')})"
+                heads.append(f"{_pct(head[key])} ({suite.label(key).rstrip(' %')})"
                              if key else "-")
         table = Table(title=f"runs in {path}")
         for col in ("run", "model", "suite", "data", "n", "accuracy %", "status", "started (UTC)"):
@@ -363,11 +353,13 @@ def cmd_show(args) -> int:
         run = store.find_run(args.run)
         if args.examples:
             out = store.to_frame([run["run_id"]])
+        elif args.metrics:
+            out = store.metrics_frame([run["run_id"]])
         else:
             suite = SUITES.get(run["suite"])() if run["suite"] in SUITES else None
             out = (suite.summarize(store, run["run_id"]) if suite is not None
                    else store.condition_summary(run["run_id"]))
-    if not args.examples:
+    if not (args.examples or args.metrics):
         out.insert(0, "model", run["model"])
         out.insert(1, "suite", run["suite"])
         out.insert(0, "run_id", run["run_id"])
@@ -402,7 +394,7 @@ def cmd_train(args) -> int:
         TimeRemainingColumn,
     )
 
-    from harness.runner import check_device
+    from harness.provenance import check_device
     from models.activations.sugar import SURROGATES
     from models.training import recipe_for, train_and_save
     from models.zoo import MODELS
@@ -450,8 +442,12 @@ COMMANDS = {"run": cmd_run, "ls": cmd_ls, "show": cmd_show, "train": cmd_train}
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and dispatch; returns the exit status (2 for user errors)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        args = build_parser().parse_args(argv)
+        from harness.plugins import load_plugins
+
+        load_plugins()  # $HARNESS_PLUGINS: modules registering suites or models
+        args = build_parser(suite=_suite_from_argv(argv)).parse_args(argv)
         return COMMANDS[args.command](args)
     except HarnessError as exc:
         message = " ".join(str(exc).split())  # one line, whatever the message held

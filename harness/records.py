@@ -1,6 +1,9 @@
-"""The records that cross module boundaries: run specs, shards and per-example results.
+"""The records that cross module boundaries: run specs, shards, per-example results and metrics.
 
 Frozen, slotted dataclasses; suites produce them, the store persists them, reports read them.
+A suite's shard result carries the four core per-example columns (label, pred, correct, loss),
+the per-example values of the fields the suite declares (``fields``, one array per field) and
+records that are not per example (``metrics``: run-, layer- or iteration-level values).
 A run is identified by :meth:`RunSpec.run_id`, a content hash of everything that determines its
 numbers, so the same spec evaluated twice maps to the same stored run (resume), and any change
 (weights, params, data, seed, dtype, harness version) to a new one.
@@ -11,12 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Columns every per-example record has; a suite's own fields must use other names.
+CORE_COLUMNS = ("example", "label", "pred", "correct", "loss")
 
 
 def canonical_json(obj: Any) -> str:
@@ -90,13 +95,29 @@ class ExampleResult:
     loss: float
 
 
+@dataclass(frozen=True, slots=True)
+class MetricRecord:
+    """A value that is not per example: ``name`` at ``scope``/``index``.
+
+    ``scope`` says what ``index`` counts ("run" with index "", "layer" with a module name,
+    "iteration" with a step number, ...); ``value`` is a float (NaN when not finite).
+    """
+
+    name: str
+    scope: str
+    index: str | int
+    value: float
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class ShardResult:
     """What a suite yields for one shard: per-example outcomes as equal-length columns.
 
     Columnar (one numpy array per field) rather than one object per example: CIFAR-10-C alone
     stores 95 conditions x N examples per model, and the columns go to SQLite without a Python
-    object per row. :meth:`rows` gives the :class:`ExampleResult` view.
+    object per row. :meth:`rows` gives the :class:`ExampleResult` view of the core columns;
+    ``fields`` holds the suite's declared per-example values (name -> array of length n) and
+    ``metrics`` its other records.
     """
 
     shard: Shard
@@ -106,11 +127,14 @@ class ShardResult:
     correct: np.ndarray   # bool
     loss: np.ndarray      # float64, NaN where not finite
     wall_s: float
+    fields: Mapping[str, np.ndarray] = field(default_factory=dict)
+    metrics: tuple[MetricRecord, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.example)
-        if any(len(col) != n for col in (self.label, self.pred, self.correct, self.loss)):
-            raise ValueError("ShardResult columns must have equal length")
+        cols = (self.label, self.pred, self.correct, self.loss, *self.fields.values())
+        if any(len(col) != n for col in cols):
+            raise ValueError("ShardResult columns (core and fields) must have equal length")
 
     @property
     def n(self) -> int:

@@ -8,8 +8,17 @@ Only this module touches SQLite. Layout (``SCHEMA_VERSION`` in ``PRAGMA user_ver
   its provenance (versions, device, git hash, UTC time);
 * ``shards``      -- one row per finished shard of an execution (condition as canonical JSON),
   naming the session that computed it;
-* ``examples``    -- per-example outcomes of each shard;
+* ``examples``    -- per-example outcomes of each shard (label, pred, correct, loss);
+* ``example_values`` -- the per-example values of the fields a suite declares beyond those
+  (one row per example and field; SQLite keeps each value's own type: INTEGER, REAL, TEXT);
+  the shard row's ``fields_json`` records the declared types;
+* ``metrics``     -- records that are not per example: (name, scope, index, value), e.g. a
+  run-level bound, a per-layer zero fraction, a per-iteration energy;
 * ``completions`` -- marks an execution finished.
+
+Schema history: version 1 had no ``example_values``, ``metrics`` or ``shards.fields_json``;
+opening a version-1 store for writing migrates it in place in one transaction (the new tables
+and column are added, nothing else changes); read-only, it is read as it is.
 
 Nothing is ever updated or deleted. A shard and its examples are written in one transaction,
 so a process killed mid-run leaves only whole shards; re-running the same spec continues the
@@ -20,17 +29,19 @@ marked with ``PRAGMA application_id`` so a foreign SQLite database is never writ
 Example::
 
     store = Store("harness-results.sqlite")
-    df = store.to_frame()          # one row per (run, condition, example)
+    df = store.to_frame()          # one row per (run, condition, example), fields as columns
+    m = store.metrics_frame()      # one row per metric record
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +85,7 @@ CREATE TABLE IF NOT EXISTS shards (
     n_correct INTEGER NOT NULL,
     wall_s REAL NOT NULL,
     finished_utc TEXT NOT NULL,
+    fields_json TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (exec_id, shard_key)
 );
 CREATE TABLE IF NOT EXISTS examples (
@@ -86,6 +98,23 @@ CREATE TABLE IF NOT EXISTS examples (
     loss REAL,                -- NULL when not finite (SQLite stores NaN as NULL)
     PRIMARY KEY (exec_id, shard_key, example)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS example_values (
+    exec_id INTEGER NOT NULL,
+    shard_key TEXT NOT NULL,
+    example INTEGER NOT NULL,
+    field TEXT NOT NULL,
+    value,                    -- typed by the suite's declaration (NULL: a float that is not finite)
+    PRIMARY KEY (exec_id, shard_key, field, example)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS metrics (
+    exec_id INTEGER NOT NULL,
+    shard_key TEXT NOT NULL,
+    name TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    idx NOT NULL,             -- '' for run-level records, a layer name, an iteration number...
+    value REAL,               -- NULL when not finite
+    PRIMARY KEY (exec_id, shard_key, name, scope, idx)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS completions (
     exec_id INTEGER PRIMARY KEY REFERENCES executions(exec_id),
     finished_utc TEXT NOT NULL,
@@ -95,6 +124,13 @@ CREATE TABLE IF NOT EXISTS completions (
 
 
 _TABLES = set(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
+_V2_TABLES = {"example_values", "metrics"}
+_V1_TABLES = _TABLES - _V2_TABLES
+# Version 1 -> 2, run inside one transaction by Store._migrate.
+_MIGRATE_V1 = (
+    [stmt + ";" for stmt in _SCHEMA.split(";") if any(f" {t} (" in stmt for t in _V2_TABLES)]
+    + ["ALTER TABLE shards ADD COLUMN fields_json TEXT NOT NULL DEFAULT '{}';"]
+)
 
 
 def utc_now() -> str:
@@ -152,17 +188,21 @@ class Store:
         tables = {r[0] for r in self._conn.execute(
             "SELECT name FROM sqlite_master WHERE type='table'")}
         fresh = version == 0 and app_id == 0 and not tables
-        if not fresh and (app_id != APPLICATION_ID or not _TABLES <= tables):
+        needed = _V1_TABLES if version == 1 else _TABLES
+        if not fresh and (app_id != APPLICATION_ID or not needed <= tables):
             raise HarnessError(f"store {self.path!r} is an SQLite file but not a harness store")
         if version > SCHEMA_VERSION:
             raise HarnessError(
                 f"store {self.path!r} has schema version {version}, newer than this harness "
                 f"({SCHEMA_VERSION}); upgrade the harness"
             )
+        self.version = SCHEMA_VERSION if fresh else version
         if readonly:
             if fresh:
                 raise HarnessError(f"store {self.path!r} is empty, not a harness store")
             return
+        if version == 1:
+            self._migrate_v1()
         if fresh:
             # One script, one transaction: a store is either fully initialised or untouched.
             self._conn.executescript(
@@ -172,6 +212,21 @@ class Store:
         if self.path != ":memory:":
             self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
+
+    def _migrate_v1(self) -> None:
+        """Add what version 2 has and version 1 lacks, in one transaction: either the store is
+        migrated or it is left exactly as it was."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self._conn.execute("PRAGMA user_version").fetchone()[0] == 1:  # not raced
+                for stmt in _MIGRATE_V1:
+                    self._conn.execute(stmt)
+                self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+        self.version = SCHEMA_VERSION
 
     def close(self) -> None:
         self._conn.close()
@@ -231,26 +286,40 @@ class Store:
             "SELECT 1 FROM completions WHERE exec_id=?", (exec_id,)).fetchone() is not None
         return Writer(exec_id=exec_id, session_id=session_id, done=done, complete=complete)
 
-    def write_shard(self, writer: Writer, result: ShardResult) -> bool:
-        """Append one finished shard and its examples in a single transaction.
+    def write_shard(self, writer: Writer, result: ShardResult, *,
+                    fields: Mapping[str, str] | None = None) -> bool:
+        """Append one finished shard, its examples, field values and metrics in a single
+        transaction. ``fields``: the suite's declared field types (name -> int/float/str/bool);
+        default: inferred from the result's arrays.
 
         Returns False (and writes nothing) when another process stored the shard first.
         """
         s = result.shard
         n = result.n
+        types = dict(fields) if fields is not None else {
+            k: _infer_type(v) for k, v in result.fields.items()}
         rows = zip([writer.exec_id] * n, [s.key] * n, result.example.tolist(),
                    result.label.tolist(), result.pred.tolist(),
                    result.correct.astype(np.int64).tolist(), result.loss.tolist())
+        examples = result.example.tolist()
+        values = [(writer.exec_id, s.key, ex, name, v)
+                  for name, col in result.fields.items()
+                  for ex, v in zip(examples, _sql_values(col, types[name]))]
+        metrics = [(writer.exec_id, s.key, m.name, m.scope, m.index, _finite(m.value))
+                   for m in result.metrics]
         with self._tx():
             inserted = self._conn.execute(
                 "INSERT OR IGNORE INTO shards(exec_id, shard_key, session_id, condition_json, "
-                "start, stop, n, n_correct, wall_s, finished_utc) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "start, stop, n, n_correct, wall_s, finished_utc, fields_json) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (writer.exec_id, s.key, writer.session_id, canonical_json(dict(s.condition)),
                  s.start, s.stop, n, result.n_correct, result.wall_s,
-                 utc_now()),
+                 utc_now(), canonical_json(types)),
             ).rowcount
             if inserted:
                 self._conn.executemany("INSERT INTO examples VALUES (?,?,?,?,?,?,?)", rows)
+                self._conn.executemany("INSERT INTO example_values VALUES (?,?,?,?,?)", values)
+                self._conn.executemany("INSERT INTO metrics VALUES (?,?,?,?,?,?)", metrics)
         return bool(inserted)
 
     def complete(self, writer: Writer, n_shards: int) -> None:
@@ -306,7 +375,7 @@ class Store:
 
         Columns: one per condition key (e.g. ``condition``), then n, n_correct, accuracy.
         """
-        import pandas as pd
+        import pandas as pd  # lazy: `harness --help` loads this module (via the suites)
 
         rows = self._conn.execute(
             f"""SELECT s.condition_json, SUM(s.n), SUM(s.n_correct), MIN(s.start)
@@ -320,27 +389,31 @@ class Store:
         df["accuracy"] = df["n_correct"] / df["n"]
         return df
 
+    def _where_runs(self, run_ids: Iterable[str] | None) -> tuple[str, list[Any]]:
+        if run_ids is None:
+            return "", []
+        ids = list(run_ids)
+        return f" WHERE r.run_id IN ({','.join('?' * len(ids))})", ids
+
     def to_frame(self, run_ids: Iterable[str] | None = None):
         """Per-example results of the latest execution of each run as a pandas DataFrame.
 
         Columns: run_id, model, suite, data, seed, shard_key, the condition's keys (one column
-        each, e.g. ``condition``), example, label, pred, correct (bool), loss.
+        each, e.g. ``condition``), example, label, pred, correct (bool), loss, then one column
+        per declared field of the runs' suites (typed as declared; missing where a run's suite
+        does not have the field).
         """
-        import pandas as pd
+        import pandas as pd  # lazy: `harness --help` loads this module (via the suites)
 
+        where, args = self._where_runs(run_ids)
         q = f"""
             SELECT r.run_id, r.model, r.suite, r.spec_json, s.shard_key, s.condition_json,
                    x.example, x.label, x.pred, x.correct, x.loss
             FROM runs r JOIN ({self._LATEST}) l ON l.run_id = r.run_id
             JOIN shards s ON s.exec_id = l.exec_id
             JOIN examples x ON x.exec_id = s.exec_id AND x.shard_key = s.shard_key
+            {where} ORDER BY r.run_id, s.shard_key, x.example
         """
-        args: list[Any] = []
-        if run_ids is not None:
-            ids = list(run_ids)
-            q += f" WHERE r.run_id IN ({','.join('?' * len(ids))})"
-            args = ids
-        q += " ORDER BY r.run_id, s.shard_key, x.example"
         rows = self._conn.execute(q, args).fetchall()
         cols = ["run_id", "model", "suite", "spec_json", "shard_key", "condition_json",
                 "example", "label", "pred", "correct", "loss"]
@@ -354,4 +427,94 @@ class Store:
             df.insert(6 + i, key, df["condition_json"].map(lambda c, key=key: conds[c].get(key)))
         df = df.drop(columns=["spec_json", "condition_json"])
         df["correct"] = df["correct"].astype(bool)
+        return self._join_fields(df, where, args)
+
+    def _join_fields(self, df, where: str, args: list[Any]):
+        """``df`` with one column per stored field (pivoted from ``example_values``)."""
+        import pandas as pd  # lazy: `harness --help` loads this module (via the suites)
+
+        if self.version < 2:
+            return df
+        types: dict[str, str] = {}
+        for (fj,) in self._conn.execute(f"""
+                SELECT DISTINCT s.fields_json FROM runs r
+                JOIN ({self._LATEST}) l ON l.run_id = r.run_id
+                JOIN shards s ON s.exec_id = l.exec_id {where}""", args):
+            types.update(json.loads(fj))
+        if not types:
+            return df
+        vals = pd.DataFrame(self._conn.execute(f"""
+            SELECT r.run_id, v.shard_key, v.example, v.field, v.value
+            FROM runs r JOIN ({self._LATEST}) l ON l.run_id = r.run_id
+            JOIN example_values v ON v.exec_id = l.exec_id {where}""", args).fetchall(),
+            columns=["run_id", "shard_key", "example", "field", "value"])
+        key = ["run_id", "shard_key", "example"]
+        wide = vals.pivot(index=key, columns="field", values="value")
+        df = df.merge(wide, how="left", left_on=key, right_index=True)
+        for name, kind in types.items():
+            if name not in df:
+                df[name] = None
+            df[name] = _typed_column(df[name], kind)
         return df
+
+    def metrics_frame(self, run_ids: Iterable[str] | None = None):
+        """Metric records (not per example) of the latest execution of each run (pandas).
+
+        Columns: run_id, model, suite, shard_key, the condition's keys, name, scope, index,
+        value (float, NaN where not finite).
+        """
+        import pandas as pd  # lazy: `harness --help` loads this module (via the suites)
+
+        cols = ["run_id", "model", "suite", "shard_key", "name", "scope", "index", "value"]
+        if self.version < 2:
+            return pd.DataFrame(columns=cols)
+        where, args = self._where_runs(run_ids)
+        rows = self._conn.execute(f"""
+            SELECT r.run_id, r.model, r.suite, m.shard_key, s.condition_json, m.name, m.scope,
+                   m.idx, m.value
+            FROM runs r JOIN ({self._LATEST}) l ON l.run_id = r.run_id
+            JOIN metrics m ON m.exec_id = l.exec_id
+            JOIN shards s ON s.exec_id = m.exec_id AND s.shard_key = m.shard_key
+            {where} ORDER BY r.run_id, m.shard_key, m.name, m.scope, m.idx""", args).fetchall()
+        df = pd.DataFrame(rows, columns=[*cols[:4], "condition_json", *cols[4:]])
+        conds = {k: json.loads(k) for k in df["condition_json"].unique()}
+        for i, key in enumerate(sorted({k for c in conds.values() for k in c})):
+            df.insert(4 + i, key, df["condition_json"].map(lambda c, key=key: conds[c].get(key)))
+        df = df.drop(columns=["condition_json"])
+        df["value"] = df["value"].astype("float64")
+        return df
+
+
+def _finite(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _infer_type(col: np.ndarray) -> str:
+    if col.dtype == bool:
+        return "bool"
+    if np.issubdtype(col.dtype, np.integer):
+        return "int"
+    if np.issubdtype(col.dtype, np.floating):
+        return "float"
+    return "str"
+
+
+def _sql_values(col, kind: str) -> list:
+    """A field's column as Python values SQLite stores with their own type."""
+    arr = np.asarray(col)
+    if kind == "float":
+        return [v if math.isfinite(v) else None for v in arr.astype(np.float64).tolist()]
+    if kind in ("int", "bool"):
+        return arr.astype(np.int64).tolist()
+    return [str(v) for v in arr.tolist()]
+
+
+def _typed_column(col, kind: str):
+    if kind == "float":
+        return col.astype("float64")
+    if kind == "int":
+        return col.astype("Int64")       # nullable: runs without the field have <NA>
+    if kind == "bool":
+        return col.astype("boolean")
+    return col.astype("object")

@@ -2,18 +2,24 @@
 
 A checkpoint ``STEM`` is two files:
 
-* ``STEM.safetensors`` -- the state dict (tensors only);
-* ``STEM.json`` -- ``format_version``, the registry ``factory`` name and its ``factory_kwargs``,
-  normalisation, training recipe, data fingerprint, measured metrics and the ``sha256`` of the
-  weights file, verified on every load.
+* ``STEM.safetensors`` -- the tensors (a model's state dict, or named tensors such as the LCA
+  dictionary's atoms and whitening filter);
+* ``STEM.json`` -- ``format_version``, the ``kind`` of checkpoint (absent for models), for
+  models the registry ``factory`` name, its ``factory_kwargs`` and ``num_params``, then
+  whatever the writer records (normalisation, training recipe, data fingerprint, measured
+  metrics), and the ``sha256`` of the weights file, verified on every load.
 
-The model is rebuilt from the registry factory and kwargs, then loaded with ``strict=True``,
-so a checkpoint cannot be paired with a different architecture silently.
+:func:`save_checkpoint` is the one writer and :func:`read_meta` / :func:`read_checkpoint` the
+one reader of both kinds; :func:`models.zoo.load_model` rebuilds a model from the registry
+factory and kwargs and loads it with ``strict=True``, so a checkpoint cannot be paired with a
+different architecture silently.
 
 Example::
 
     save_checkpoint(model, "runs/resnet8", factory="resnet8", extra={"recipe": {...}})
-    model = load_model("runs/resnet8.json")
+    meta, state, weights = read_checkpoint("runs/resnet8.json")
+    save_checkpoint({"dictionary": atoms}, "runs/dict", kind="lca-dictionary")
+    meta, tensors, _ = read_checkpoint("runs/dict", kind="lca-dictionary")
 """
 
 from __future__ import annotations
@@ -22,12 +28,18 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
+from safetensors.torch import load, save
+from torch import nn
 
 from harness.errors import HarnessError
 
 FORMAT_VERSION = 1
+MODEL = "model"   # the kind of a model checkpoint (the default; not written to its metadata)
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -66,33 +78,39 @@ def checkpoint_file(stem: str | os.PathLike, ext: str) -> Path:
 
 
 def save_checkpoint(
-    model, stem: str | os.PathLike, *, factory: str, factory_kwargs: dict | None = None,
+    obj: nn.Module | Mapping[str, torch.Tensor], stem: str | os.PathLike, *,
+    factory: str | None = None, factory_kwargs: dict | None = None, kind: str = MODEL,
     extra: dict | None = None,
 ) -> dict:
     """Write ``stem.safetensors`` and ``stem.json`` atomically; returns the metadata written.
 
     Args:
-        model: the unwrapped module (not compiled, not DataParallel).
+        obj: for a model checkpoint the unwrapped module (not compiled, not DataParallel);
+            for other kinds a module or a mapping of names to tensors.
         stem: path without suffix.
-        factory: registry name that rebuilds the architecture.
+        factory: registry name that rebuilds the architecture (required for models).
         factory_kwargs: keyword arguments for the factory.
+        kind: ``"model"`` or the name of another kind (``"lca-dictionary"``), which
+            :func:`read_meta` checks.
         extra: more JSON-serialisable metadata (recipe, metrics, data fingerprint, ...).
     """
-    from safetensors.torch import save
-
+    if kind == MODEL and (factory is None or not isinstance(obj, nn.Module)):
+        raise ValueError("a model checkpoint needs the module and its registry factory")
     stem = _stem(stem)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = obj.state_dict() if isinstance(obj, nn.Module) else obj
+    state = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     blob = save(state)
     _atomic_write_bytes(checkpoint_file(stem, ".safetensors"), blob)
-    meta: dict[str, Any] = {
-        "format_version": FORMAT_VERSION,
-        "factory": factory,
-        "factory_kwargs": dict(factory_kwargs or {}),
-        "num_params": int(sum(p.numel() for p in model.parameters())),
-        "sha256": hashlib.sha256(blob).hexdigest(),
-        "weights_file": checkpoint_file(stem, ".safetensors").name,
-    }
-    model_meta = getattr(model, "meta", None)
+    meta: dict[str, Any] = {"format_version": FORMAT_VERSION}
+    if kind != MODEL:
+        meta["kind"] = kind
+    if factory is not None:
+        meta.update(factory=factory, factory_kwargs=dict(factory_kwargs or {}))
+    if isinstance(obj, nn.Module):
+        meta["num_params"] = int(sum(p.numel() for p in obj.parameters()))
+    meta.update(sha256=hashlib.sha256(blob).hexdigest(),
+                weights_file=checkpoint_file(stem, ".safetensors").name)
+    model_meta = getattr(obj, "meta", None)
     if model_meta is not None and hasattr(model_meta, "to_dict"):
         meta["model"] = model_meta.to_dict()
     meta.update(extra or {})
@@ -100,8 +118,9 @@ def save_checkpoint(
     return meta
 
 
-def read_meta(path: str | os.PathLike) -> dict:
-    """The JSON metadata of a checkpoint (``.json`` or ``.safetensors`` path, or stem)."""
+def read_meta(path: str | os.PathLike, *, kind: str = MODEL) -> dict:
+    """The JSON metadata of a checkpoint of ``kind`` (``.json`` or ``.safetensors`` path, or
+    stem), checked: format version, kind, weights file and sha256, and for models the factory."""
     meta_path = checkpoint_file(path, ".json")
     try:
         meta = json.loads(meta_path.read_text())
@@ -114,7 +133,11 @@ def read_meta(path: str | os.PathLike) -> dict:
             f"checkpoint metadata {str(meta_path)!r} has no supported format_version "
             f"(expected {FORMAT_VERSION})"
         )
-    for key in ("factory", "sha256", "weights_file"):
+    found = meta.get("kind", MODEL)
+    if found != kind:
+        raise HarnessError(f"checkpoint {str(meta_path)!r} is a {found!r} checkpoint, not a "
+                           f"{kind!r} one")
+    for key in (("factory",) if kind == MODEL else ()) + ("sha256", "weights_file"):
         if not isinstance(meta.get(key), str):
             raise HarnessError(f"checkpoint metadata {str(meta_path)!r} lacks {key!r}")
     if Path(meta["weights_file"]).name != meta["weights_file"]:
@@ -126,17 +149,15 @@ def read_meta(path: str | os.PathLike) -> dict:
     return meta
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict, Path]:
-    """(metadata, sha256-verified state dict, weights path) of a checkpoint."""
-    meta = read_meta(path)
+def read_checkpoint(path: str | os.PathLike, *, kind: str = MODEL) -> tuple[dict, dict, Path]:
+    """(metadata, sha256-verified tensors, weights path) of a checkpoint of ``kind``."""
+    meta = read_meta(path, kind=kind)
     weights = checkpoint_file(path, ".json").with_name(meta["weights_file"])
     return meta, read_safetensors(weights, sha256=meta["sha256"]), weights
 
 
 def read_safetensors(path: str | os.PathLike, *, sha256: str | None = None) -> dict:
     """Load a safetensors state dict on CPU, verifying ``sha256`` when given."""
-    from safetensors.torch import load
-
     path = Path(path)
     try:
         blob = path.read_bytes()
@@ -155,8 +176,6 @@ def read_safetensors(path: str | os.PathLike, *, sha256: str | None = None) -> d
 
 def read_state_dict(path: str | os.PathLike) -> dict:
     """A state dict from ``.safetensors`` or ``.pt``/``.pth`` (``weights_only=True``)."""
-    import torch
-
     path = Path(path)
     if not path.is_file():
         raise HarnessError(f"weights file {str(path)!r} not found")
@@ -185,22 +204,3 @@ def load_state_into(model, state: dict, *, source: str) -> None:
         first = str(exc).strip().splitlines()
         detail = "; ".join(line.strip() for line in first[1:3]) or first[0]
         raise HarnessError(f"weights {source!r} do not fit the model: {detail}") from None
-
-
-def load_model(path: str | os.PathLike, *, device: str = "cpu"):
-    """Rebuild a model from a checkpoint written by :func:`save_checkpoint`.
-
-    Returns:
-        The model in eval mode on ``device``, with ``model.checkpoint`` set to the metadata.
-    """
-    from models.zoo import MODELS
-
-    meta, state, weights = read_checkpoint(path)
-    factory = MODELS.get(meta["factory"])
-    try:
-        model = factory(**meta.get("factory_kwargs", {}))
-    except TypeError as exc:
-        raise HarnessError(f"checkpoint {str(_stem(path))!r}: bad factory_kwargs: {exc}") from None
-    load_state_into(model, state, source=str(weights))
-    model.checkpoint = meta
-    return model.to(device).eval()

@@ -18,12 +18,16 @@ PyPI's ``pyautoattack`` module (its ``eval.py`` imports ``autoattack``).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import sys
 import warnings
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from harness.errors import HarnessError
 
@@ -40,7 +44,8 @@ def is_robustbench_ref(ref: str) -> bool:
 
 
 def import_robustbench():
-    """``import robustbench`` with the two known fixes; a clear error if it is not installed."""
+    """``import robustbench`` with the two known fixes; a clear error if it is not installed.
+    (Optional, heavy packages: imported here, on first use, never at module import.)"""
     if "autoattack" not in sys.modules:
         try:
             import pyautoattack
@@ -83,8 +88,6 @@ def weights_root(explicit: str | os.PathLike | None) -> Path:
 
 
 def _resolve_name(ref: str, root: Path, models, threat_enum) -> tuple[str, str]:
-    import difflib
-
     body = ref[len(PREFIX):]
     threat, _, name = body.rpartition("/")
     if threat and threat not in THREATS:
@@ -125,8 +128,6 @@ def load_robustbench(ref: str, *, weights_dir: str | os.PathLike | None = None,
     Returns (module in eval mode, identity for the store, canonical name
     ``robustbench:<threat>/<name>``).
     """
-    import torch
-
     models, threat_enum = import_robustbench()
     root = weights_root(weights_dir)
     threat, name = _resolve_name(ref, root, models, threat_enum)
@@ -155,6 +156,7 @@ def load_robustbench(ref: str, *, weights_dir: str | os.PathLike | None = None,
     state = _strip(state, "module.")
     if not any(k.startswith("model.") for k in own):
         state = _strip(state, "model.")
+    # optional package, imported (with its fixes) by import_robustbench above
     from robustbench.utils import _safe_load_state_dict  # RobustBench's known exceptions
 
     try:
@@ -172,14 +174,12 @@ def load_robustbench(ref: str, *, weights_dir: str | os.PathLike | None = None,
 
 
 def _dataset():
-    from robustbench.model_zoo.enums import BenchmarkDataset
+    from robustbench.model_zoo.enums import BenchmarkDataset  # optional package: lazy
 
     return BenchmarkDataset.cifar_10
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("robustbench")
     except PackageNotFoundError:

@@ -18,18 +18,30 @@ Activations: ``relu`` (no suffix), ``gelu``, ``silu``, ``sugar-bsilu``, ``sugar-
 :class:`~models.architectures.lipschitz.LipschitzResNet` (spectrally normalised, no BatchNorm)
 so that the whole network is certifiably 1-Lipschitz.
 
-Add a model::
+Checkpoints: :func:`load_model` rebuilds any model checkpoint (``harness train`` output) from
+its registry factory; :func:`load_dictionary` / :func:`dictionary_lca` read the LCA dictionary
+checkpoint (``models/weights/lca-dictionary``), whose JSON holds the settings the front ends
+run with, the evaluation τ included.
+
+Add a model (a keyword-only factory returning a module with ``.meta``; a new activation is
+registered first, see :mod:`models.activations`)::
 
     @MODELS.register("resnet8-mish", arch="resnet8", activation="mish", default=False, weights=None)
     def resnet8_mish(*, num_classes: int = 10) -> nn.Module:
-        return _resnet("resnet8-mish", "resnet8", act="mish", num_classes=num_classes)
+        model = CifarResNet(blocks=(1, 1, 1), widths=(16, 32, 64), act="mish",
+                            num_classes=num_classes)
+        model.meta = ModelMeta(name="resnet8-mish", arch="resnet8", activation="mish",
+                               num_classes=num_classes, factory="resnet8-mish")
+        return model
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from harness.errors import HarnessError
@@ -42,6 +54,8 @@ from models.architectures import (
     LipschitzResNet,
     ModelMeta,
 )
+from models.checkpoints import checkpoint_file, load_state_into, read_checkpoint
+from models.front_ends import LCA, FrontEndClassifier, WarpLCA
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -57,7 +71,8 @@ _ARCHS: dict[str, tuple[type[nn.Module], dict, str]] = {
     "vgg16": (CifarVGG, {"config": VGG16}, "VGG-16 with BatchNorm, GPU-sized"),
 }
 _ACTIVATIONS = ("relu", "gelu", "silu", "sugar-bsilu", "sugar-nelu", "deepspline")
-# Front-end-specific recipe settings (everything else is the shared recipe of models/train.py).
+# Front-end-specific recipe settings (everything else is the shared recipe,
+# models.training.TrainRecipe).
 _RECIPES: dict[str, dict] = {
     "deepspline": {"tv2": 1e-4},
     # A 1-Lipschitz network's logits differ by at most the input distance, so softmax needs a
@@ -131,33 +146,50 @@ def _register_all() -> None:
 _register_all()
 
 # -- sparse-coding front ends ----------------------------------------------------------------
-# Evaluation-time settings (stated in every model's .meta.front_end). τ = 7.5 >= ||Φ||²/2 of the
-# bundled (whitened) dictionary (14.25): inside ISTA's convergence range 1/τ < 2/||Φ||² for
-# every input (the dictionary was learned at τ = 10). Cold LCA: 100 iterations (13 time
-# constants; within 1 % of LCA-1000's energy); WARP-LCA: 20 iterations from the predicted
-# state, the count its predictor was trained through.
-LCA_TAU = 7.5
+# The learned dictionary is part of the architecture (fixed, unsupervised). Its checkpoint's
+# JSON holds the LCA settings it was learned with, its measured ||Φ||² (operator_norm_sq) and
+# the τ the models run with (evaluation.tau, inside ISTA's convergence range 1/τ < 2/||Φ||²):
+# see the dictionary's JSON for the numbers. Iterations (stated in every model's
+# .meta.front_end): cold LCA 100 (within 1 % of LCA-1000's energy, benchmarks/bench_lca.py);
+# WARP-LCA 20 from the predicted state, the count its predictor was trained through.
+DICTIONARY_STEM = WEIGHTS_DIR / "lca-dictionary"
+DICTIONARY_KIND = "lca-dictionary"
 LCA_ITERATIONS = 100
 WARP_LCA_ITERATIONS = 20
 # name -> (warm start?, default set?). Cold LCA costs ~100 iterations per image (~100 images/s
 # on the 2-core dev machine), too slow for the main job's budget; WARP-LCA is in the default set.
 _CODED = {"lca-resnet8": (False, False), "warp-lca-resnet8": (True, True)}
+# The LCA settings a dictionary checkpoint records (its JSON's "settings") that build the layer.
+_LCA_SETTINGS = ("features", "kernel_size", "stride", "lambda_", "threshold", "nonneg",
+                 "standardize_input")
+
+
+def load_dictionary(stem: str | os.PathLike = DICTIONARY_STEM) -> tuple[dict[str, torch.Tensor], dict]:
+    """({"dictionary": atoms, "whitening": filter or absent}, metadata) of an LCA dictionary
+    checkpoint, sha256-verified; the tensors are :class:`LCA`'s keyword arguments."""
+    meta, state, weights = read_checkpoint(stem, kind=DICTIONARY_KIND)
+    if "dictionary" not in state:
+        raise HarnessError(f"{str(weights)!r} holds no 'dictionary' tensor")
+    return {k: v for k, v in state.items() if k in ("dictionary", "whitening")}, meta
+
+
+def dictionary_lca(stem: str | os.PathLike = DICTIONARY_STEM, *,
+                   iterations: int = LCA_ITERATIONS) -> LCA:
+    """The LCA layer of a dictionary checkpoint as the zoo's front ends run it: its atoms,
+    whitening filter and settings, and the evaluation τ its JSON records."""
+    tensors, meta = load_dictionary(stem)
+    try:
+        settings = {k: meta["settings"][k] for k in _LCA_SETTINGS}
+        tau = float(meta["evaluation"]["tau"])
+    except (KeyError, TypeError) as exc:
+        raise HarnessError(f"dictionary metadata {str(checkpoint_file(stem, '.json'))!r} lacks "
+                           f"{exc}") from None
+    return LCA(**settings, tau=tau, iterations=iterations, **tensors)
 
 
 def _coded_factory(name: str, warp: bool) -> Callable[..., nn.Module]:
     def factory(*, num_classes: int = 10) -> nn.Module:
-        from models.front_ends import LCA, FrontEndClassifier, WarpLCA
-        from models.front_ends.training import (
-            DICTIONARY_SETTINGS,
-            DICTIONARY_STEM,
-            load_dictionary,
-        )
-
-        # The learned dictionary is part of the architecture (fixed, unsupervised); without
-        # the bundled file the atoms are random (seeded by the caller).
-        tensors = load_dictionary()[0] if DICTIONARY_STEM.with_suffix(".json").is_file() else {}
-        lca = LCA(**{**DICTIONARY_SETTINGS, "tau": LCA_TAU}, iterations=LCA_ITERATIONS,
-                  threshold="soft", **tensors)
+        lca = dictionary_lca()
         front_end = WarpLCA(lca, iterations=WARP_LCA_ITERATIONS) if warp else lca
         backbone = CifarResNet(**_ARCHS["resnet8"][1], act="relu", num_classes=num_classes,
                                mean=None, std=None, in_channels=lca.features)
@@ -179,7 +211,7 @@ def _coded_factory(name: str, warp: bool) -> Callable[..., nn.Module]:
                 "iterations": iterations, "cold_iterations": LCA_ITERATIONS,
                 "threshold": lca.threshold, "nonneg": lca.nonneg, "lambda": lca.lambda_,
                 "tau": lca.tau, "features": lca.features, "kernel_size": lca.kernel_size,
-                "stride": lca.stride, "dictionary": "lca-dictionary" if tensors else None,
+                "stride": lca.stride, "dictionary": DICTIONARY_STEM.name,
                 "whitening": None if lca.whitening is None else "zca",
                 "attack_gradient": ["unrolled", "bpda"],
             },
@@ -189,8 +221,8 @@ def _coded_factory(name: str, warp: bool) -> Callable[..., nn.Module]:
     factory.__name__ = factory.__qualname__ = name.replace("-", "_")
     factory.__doc__ = (("WARP-LCA (learned warm start + few LCA iterations)" if warp else
                         "cold-start convolutional LCA") +
-                       " sparse-coding front end (64 atoms 7x7, stride 2) + ResNet-8 on the "
-                       "codes. Inputs in [0, 1].")
+                       " sparse-coding front end (the bundled dictionary: 64 atoms 7x7, "
+                       "stride 2) + ResNet-8 on the codes. Inputs in [0, 1].")
     return factory
 
 
@@ -234,9 +266,27 @@ def create_model(name: str, *, pretrained: bool = False, device: str = "cpu") ->
             f"model {name!r} has no bundled weights; train it (harness train --model {name}) "
             "or pass --weights"
         )
-    from models.checkpoints import load_model
-
     return load_model(stem, device=device)
+
+
+def load_model(path: str | os.PathLike, *, device: str = "cpu") -> nn.Module:
+    """Rebuild a model from a checkpoint written by
+    :func:`models.checkpoints.save_checkpoint`: the registry factory with the recorded
+    ``factory_kwargs``, then the sha256-verified weights, loaded strictly.
+
+    Returns:
+        The model in eval mode on ``device``, with ``model.checkpoint`` set to the metadata.
+    """
+    meta, state, weights = read_checkpoint(path)
+    factory = MODELS.get(meta["factory"])
+    try:
+        model = factory(**meta.get("factory_kwargs", {}))
+    except TypeError as exc:
+        raise HarnessError(f"checkpoint {str(checkpoint_file(path, ''))!r}: bad factory_kwargs: "
+                           f"{exc}") from None
+    load_state_into(model, state, source=str(weights))
+    model.checkpoint = meta
+    return model.to(device).eval()
 
 
 def list_models(pattern: str = "*", *, exclude: str | tuple[str, ...] = (),

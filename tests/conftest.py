@@ -75,3 +75,17 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
                           text=True, cwd=cwd, env=full_env, timeout=timeout)
+
+
+def run_suites(*, models, store, force: bool = False, **plan_kwargs):
+    """Plan and execute a run into ``store``, as the CLI does (``harness.plan.plan_run`` +
+    ``harness.executor.execute``); returns the outcomes."""
+    from harness.executor import execute
+    from harness.plan import plan_run
+
+    return execute(plan_run(models=models, **plan_kwargs), store, force=force)
+
+
+def run_suite(*, model, **kwargs):
+    """:func:`run_suites` for one model; returns its outcome."""
+    return run_suites(models=[model], **kwargs)[0]

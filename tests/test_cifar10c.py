@@ -12,14 +12,15 @@ from test_cli import one_line_error
 
 import harness.corruptions
 import models
-from conftest import run_cli
+from conftest import run_cli, run_suites
 from harness.corruptions import corrupt
 from harness.data import load_cifar10_arrays, load_cifar10c, load_sample
 from harness.errors import HarnessError
-from harness.runner import LoadedModel, prepare_model, resolve_model, run_suites
+from harness.plan import prepare_model
+from harness.predict import predict
+from harness.resolve import LoadedModel, resolve_model
 from harness.store import Store
 from harness.suites.cifar10c import headline, mce, parse_corruptions, parse_severities
-from harness.predict import predict
 from models import create_model
 
 N = 120  # examples per severity written into the small released folder
@@ -113,7 +114,7 @@ def test_source_selection(released_root, cifar_dir, tmp_path):
         load_cifar10c(data_dir=cifar_dir, source="released")
     with pytest.raises(HarnessError, match="holds no CIFAR-10 data"):
         load_cifar10c(data_dir=released_root / "CIFAR-10-C", source="generated")
-    with pytest.raises(HarnessError, match="--source 'fake'"):
+    with pytest.raises(HarnessError, match="source 'fake': expected"):
         load_cifar10c(source="fake")
 
 
@@ -214,9 +215,9 @@ def test_option_parsing():
 @pytest.mark.parametrize("args, pattern", [
     (["--corruptions", "fgo"], r"unknown corruption 'fgo'; did you mean 'fog'"),
     (["--severities", "0"], r"severity must be an integer from 1 to 5, got 0"),
-    (["--source", "released"], r"--source released: no CIFAR-10-C/labels.npy found"),
+    (["--source", "released"], r"source released: no CIFAR-10-C/labels.npy found"),
     (["--baseline", "resnet8"], r"store .* does not exist"),
-    (["--n", "1001"], r"--n 1001 exceeds the 1000 examples"),
+    (["--n", "1001"], r"n=1001 is outside 1..1000 for bundled-sample"),
 ])
 def test_cli_bad_input_exits_2_without_a_store(tmp_path, args, pattern):
     store = tmp_path / "s.sqlite"
@@ -228,7 +229,7 @@ def test_cli_bad_input_exits_2_without_a_store(tmp_path, args, pattern):
 def test_suite_options_are_rejected_elsewhere(tmp_path):
     proc = run_cli("run", "--suite", "clean", "--corruptions", "fog", "--store",
                    str(tmp_path / "s.sqlite"))
-    one_line_error(proc, r"--corruptions does not apply to suite 'clean'")
+    one_line_error(proc, r"option 'corruptions' does not apply to suite 'clean'")
 
 
 @pytest.mark.slow

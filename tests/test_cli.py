@@ -66,7 +66,7 @@ def test_unknown_suite_suggests(tmp_path):
 def test_missing_data_dir(tmp_path):
     proc = run_cli("run", "--suite", "clean", "--model", "resnet8", "--data-dir",
                    str(tmp_path / "nowhere"), "--store", str(tmp_path / "s.sqlite"))
-    one_line_error(proc, r"--data-dir .*nowhere' is not a directory")
+    one_line_error(proc, r"data dir .*nowhere' is not a directory")
     assert not (tmp_path / "s.sqlite").exists()
 
 
@@ -74,7 +74,7 @@ def test_missing_data_dir(tmp_path):
 def test_bad_argument_values(tmp_path):
     one_line_error(run_cli("run", "--suite", "clean", "--n", "0"), r"--n: expected a positive")
     one_line_error(run_cli("run", "--suite", "clean", "--n", "5000"),
-                   r"--n 5000 exceeds the 1000 examples of bundled-sample")
+                   r"n=5000 is outside 1..1000 for bundled-sample")
     one_line_error(run_cli("run", "--suite", "clean", "--model", "resnet8",
                            "--weights", str(tmp_path / "x.pt")), r"x.pt' not found")
     one_line_error(run_cli("run"), r"the following arguments are required: --suite")

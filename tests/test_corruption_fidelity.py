@@ -101,8 +101,9 @@ def test_the_distribution_check_catches_a_wrong_parameter(sample):
 def _accuracy_gaps(sample, names):
     """(corruption, mean gap pp, worst cell |gap| pp) of the bundled ResNet-8 on harness vs
     reference output of the whole sample."""
-    from harness.runner import prepare_model, resolve_model
+    from harness.plan import prepare_model
     from harness.predict import predict
+    from harness.resolve import resolve_model
 
     model = prepare_model(resolve_model("resnet8"), sample, device="cpu", dtype="float32")
     labels = torch.from_numpy(sample.labels)

@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from models.front_ends import LCA, WarpLCA, learn_dictionary, standardize, threshold
+from models.front_ends import LCA, WarpLCA, standardize, threshold
+from models.training import learn_dictionary, train_predictor
 
 
 def _images(n=8, seed=0):
@@ -118,11 +119,16 @@ def test_bundled_models_tau_is_in_the_convergent_range_and_energy_decreases_on_i
     """The zoo's τ against the learned dictionary: 1/τ < 2/||Φ||² (ISTA's convergence range),
     and the energy is monotone on real and on noise-corrupted images."""
     import models
+    from models.zoo import load_dictionary
 
     lca = models.create_model("lca-resnet8").front_end
     norm = lca.operator_norm()
     assert lca.tau > norm / 2
-    # whitened input keeps the learned atoms incoherent (unwhitened: ||Φ||² = 64.5, τ = 33)
+    # the measured values the models use are the dictionary checkpoint's
+    meta = load_dictionary()[1]
+    assert lca.tau == meta["evaluation"]["tau"] and abs(norm - meta["operator_norm_sq"]) < 1e-3
+    # whitened input keeps the learned atoms incoherent (unwhitened, ||Φ||² and τ were
+    # several times larger)
     assert lca.whitening is not None and norm < 20 and lca.tau < 10
     x = _images(16)
     noisy = (x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
@@ -204,8 +210,6 @@ def test_untrained_predictor_starts_from_the_drive():
 
 
 def test_predictor_training_reduces_the_regression_error_and_the_warm_energy():
-    from models.front_ends import train_predictor
-
     torch.manual_seed(0)
     lca = LCA(features=16, kernel_size=7, stride=2, tau=10, iterations=60)
     warp = WarpLCA(lca, iterations=3, hidden=16)
@@ -328,8 +332,8 @@ def test_train_cli_trains_a_front_end_model_end_to_end(name, tmp_path):
     card = out.with_suffix(".md").read_text()
     assert f"evaluation runs {meta['model']['front_end']['iterations']} LCA iterations" in card
     from harness.data import load_cifar10_arrays
-    from models.checkpoints import load_model
-    from models.train import evaluate_accuracy
+    from models.training import evaluate_accuracy
+    from models.zoo import load_model
 
     model = load_model(out)      # dictionary, predictor and backbone all round-trip
     test = load_cifar10_arrays("test", data_dir=tmp_path)
@@ -342,7 +346,6 @@ def test_unrolled_stage_lowers_the_error_left_after_k_iterations():
     after K iterations is closer to u* than with the stage-1 (u(0) regression) predictor."""
     import copy
 
-    from models.front_ends import train_predictor
     from models.front_ends.warp_lca import cold_states
 
     torch.manual_seed(0)
@@ -368,7 +371,8 @@ def test_unrolled_stage_lowers_the_error_left_after_k_iterations():
 def test_dictionary_checkpoint_round_trip_and_corruption(tmp_path):
     from conftest import make_small_cifar
     from harness.errors import HarnessError
-    from models.front_ends.training import learn_and_save_dictionary, load_dictionary
+    from models.training import learn_and_save_dictionary
+    from models.zoo import dictionary_lca, load_dictionary, load_model
 
     make_small_cifar(tmp_path)
     stem = tmp_path / "dict"
@@ -381,10 +385,19 @@ def test_dictionary_checkpoint_round_trip_and_corruption(tmp_path):
     assert meta["settings"]["whitening"]["size"] == 9
     assert torch.allclose(atoms.flatten(1).norm(dim=1), torch.ones(64), atol=1e-5)
     assert meta["training"]["steps"] == 3 and meta["data"]["train_fingerprint"]
+    # one checkpoint format: the reader of model checkpoints refuses it by kind, and the
+    # zoo's LCA layer takes its τ from it
+    assert meta["format_version"] == 1 and meta["kind"] == "lca-dictionary"
+    assert meta["evaluation"]["tau"] > meta["operator_norm_sq"] / 2
+    lca = dictionary_lca(stem, iterations=5)
+    assert lca.tau == meta["evaluation"]["tau"]
+    assert torch.allclose(lca.dictionary, atoms, atol=1e-6)
+    with pytest.raises(HarnessError, match="is a 'lca-dictionary' checkpoint, not a 'model'"):
+        load_model(stem)
     blob = bytearray(stem.with_suffix(".safetensors").read_bytes())
     blob[-1] ^= 0xFF
     stem.with_suffix(".safetensors").write_bytes(bytes(blob))
     with pytest.raises(HarnessError, match="sha256"):
         load_dictionary(stem)
-    with pytest.raises(HarnessError, match="cannot read dictionary metadata"):
+    with pytest.raises(HarnessError, match="checkpoint metadata .* not found"):
         load_dictionary(tmp_path / "missing")

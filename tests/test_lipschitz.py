@@ -71,7 +71,7 @@ def _jacobian_norm(model, x, iters=60):
 
 def test_one_lipschitz_resnet_is_one_lipschitz_on_real_images():
     from harness.data import load_sample
-    from models.train import TrainRecipe, train
+    from models.training import TrainRecipe, train
 
     s = load_sample()
     images = torch.from_numpy(s.images)

@@ -8,8 +8,8 @@ import torch
 import models
 from harness.errors import HarnessError
 from models.architectures import ModelMeta, Normalize
-from models.checkpoints import load_model, read_meta, save_checkpoint, sha256_file
-from models.zoo import MODELS, weights_path
+from models.checkpoints import read_meta, save_checkpoint, sha256_file
+from models.zoo import MODELS, load_model, weights_path
 
 ALL = models.list_models()
 BUNDLED = models.list_models(pretrained=True)
@@ -167,7 +167,7 @@ def _floor(name: str) -> float:
 def test_bundled_weights_are_accurate_on_the_sample(name):
     """Real behaviour: the shipped weights classify the bundled sample well above chance."""
     from harness.data import load_sample
-    from models.train import evaluate_accuracy
+    from models.training import evaluate_accuracy
 
     ds = load_sample()
     model = models.create_model(name, pretrained=True)

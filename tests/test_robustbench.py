@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from harness.errors import HarnessError
-from harness.runner import resolve_model
+from harness.resolve import resolve_model
 
 NAME = "Ding2020MMA"   # 5.8M parameters: the smallest single-checkpoint CIFAR-10 Linf entry
 
@@ -68,7 +68,7 @@ def test_errors_are_one_line_and_say_what_to_do(rb_dir, tmp_path, monkeypatch):
         resolve_model("robustbench:Ding2020MAA", weights_dir=str(root))
     with pytest.raises(HarnessError, match="unknown threat model 'Linf2'"):
         resolve_model(f"robustbench:Linf2/{NAME}", weights_dir=str(root))
-    with pytest.raises(HarnessError, match="--weights does not apply"):
+    with pytest.raises(HarnessError, match="weights do not apply"):
         resolve_model(f"robustbench:{NAME}", weights="x.pt", weights_dir=str(root))
     # a checkpoint of another architecture, and one that is not a plain state dict
     other = tmp_path / "cifar10" / "L2"

@@ -1,19 +1,24 @@
 """Store: round trips, resume, force, schema checks, and a SIGKILL mid-run."""
 
+import dataclasses
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
+from conftest import run_suite
 from harness.data import load_sample
 from harness.errors import HarnessError
 from harness.records import SCHEMA_VERSION, ExampleResult, RunSpec, Shard, ShardResult
-from harness.runner import LoadedModel, run_suite
+from harness.resolve import LoadedModel, resolve_model
 from harness.store import Store
 from models import create_model
 
@@ -178,7 +183,9 @@ def test_run_suite_resumes_without_recomputing(tmp_path):
 _KILL_SCRIPT = """
 import sys, time
 from harness.data import load_cifar10_arrays
-from harness.runner import LoadedModel, run_suite
+from harness.executor import execute
+from harness.plan import plan_run
+from harness.resolve import LoadedModel
 from harness.store import Store
 from harness.suites import clean
 from models import create_model
@@ -186,15 +193,16 @@ import torch
 
 torch.manual_seed(0)
 slow = float(sys.argv[3])
-orig = clean.CleanSuite.evaluate_shard
-def evaluate_shard(self, *a, **k):          # slow each shard down so the kill lands mid-run
+orig = clean.CleanSuite.evaluate
+def evaluate(self, *a, **k):          # slow each shard down so the kill lands mid-run
     time.sleep(slow)
     return orig(self, *a, **k)
-clean.CleanSuite.evaluate_shard = evaluate_shard
+clean.CleanSuite.evaluate = evaluate
 model = LoadedModel(name="resnet8-seed0", module=create_model("resnet8"), identity={"seed": 0})
+plan = plan_run(models=[model], suite="clean", data=load_cifar10_arrays("test", data_dir=sys.argv[2]),
+                n=4000, shard_size=250)
 with Store(sys.argv[1]) as st:
-    out = run_suite(model=model, suite="clean", data=load_cifar10_arrays("test", data_dir=sys.argv[2]),
-                    store=st, n=4000, shard_size=250)
+    (out,) = execute(plan, st)
 print("computed", out.shards_computed, "of", out.shards_total)
 """
 
@@ -251,3 +259,102 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted(tmp_path, cifar_dir):
         assert a.runs()[0]["complete"]
     assert len(fa) == 4000
     assert fa.equals(fb)
+
+
+FIXTURE_V1 = Path(__file__).parent / "fixtures" / "store-v1.sqlite"
+V1_TABLES = {  # every column version 1 had, per table
+    "runs": "run_id, model, suite, spec_json, created_utc",
+    "executions": "exec_id, run_id, started_utc, forced",
+    "sessions": "session_id, exec_id, started_utc, provenance_json",
+    "shards": "exec_id, shard_key, session_id, condition_json, start, stop, n, n_correct, "
+              "wall_s, finished_utc",
+    "examples": "exec_id, shard_key, example, label, pred, correct, loss",
+    "completions": "exec_id, finished_utc, n_shards",
+}
+
+
+def _dump(path) -> dict[str, list]:
+    con = sqlite3.connect(path)
+    try:
+        return {t: con.execute(f"SELECT {cols} FROM {t} ORDER BY {cols}").fetchall()
+                for t, cols in V1_TABLES.items()}
+    finally:
+        con.close()
+
+
+def test_v1_store_is_read_then_migrated_in_place_losing_nothing(tmp_path):
+    """The fixture was written by the harness as of commit 03558ba (schema 1): two clean runs
+    of resnet8 (n=20, shard 10; the second with --force) and a cifar10c run of two models."""
+    path = tmp_path / "v1.sqlite"
+    shutil.copy(FIXTURE_V1, path)
+    before = _dump(path)
+    assert len(before["examples"]) == 140 and len(before["runs"]) == 3
+    with Store(path, readonly=True) as st:         # read-only: read as it is
+        assert st.version == 1
+        frame, runs = st.to_frame(), st.runs()
+        assert st.metrics_frame().empty
+    assert _dump(path) == before and sqlite3.connect(path).execute(
+        "PRAGMA user_version").fetchone()[0] == 1
+    with Store(path) as st:                        # writable: migrated
+        assert st.version == SCHEMA_VERSION == 2
+        pd.testing.assert_frame_equal(st.to_frame(), frame)
+        assert st.runs() == runs
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert {r[0] for r in con.execute("SELECT DISTINCT fields_json FROM shards")} == {"{}"}
+    con.close()
+    assert _dump(path) == before                   # every v1 row, byte for byte
+    # the same spec resumes from the migrated store: nothing is recomputed
+    (clean,) = [r for r in runs if r["suite"] == "clean"]
+    with Store(path) as st:
+        out = run_suite(model=resolve_model("resnet8"), suite="clean", store=st, n=20,
+                        shard_size=10)
+        assert out.run_id == clean["run_id"] and out.shards_computed == 0
+        assert out.summary["n"].sum() == 20
+
+
+def test_failed_migration_leaves_the_v1_store_untouched(tmp_path):
+    path = tmp_path / "v1.sqlite"
+    shutil.copy(FIXTURE_V1, path)
+    con = sqlite3.connect(path)   # a hand-edited store on which the last migration step fails
+    con.execute("ALTER TABLE shards ADD COLUMN fields_json TEXT")
+    con.commit()
+    con.close()
+    before = path.read_bytes()
+    with pytest.raises(HarnessError, match="duplicate column name: fields_json"):
+        Store(path)
+    con = sqlite3.connect(path)
+    tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 1
+    con.close()
+    assert "example_values" not in tables and "metrics" not in tables  # rolled back
+    assert path.read_bytes() == before
+
+
+def test_fields_and_metrics_round_trip(tmp_path):
+    import numpy as np
+
+    from harness.records import MetricRecord
+
+    with Store(tmp_path / "s.sqlite") as st:
+        w = st.begin(spec(suite="toy"))
+        base = shard_result("a", 0, 3)
+        result = dataclasses.replace(base, fields={
+            "norm": np.array([0.5, float("inf"), 2.0]), "steps": np.array([3, 0, 10]),
+            "found_by": np.array(["pgd", "", "fab"]), "fooled": np.array([True, False, True])},
+            metrics=(MetricRecord("upper", "run", "", 4.5),
+                     MetricRecord("zeros", "layer", "layer1.0.act", 0.25),
+                     MetricRecord("energy", "iteration", 7, float("nan"))))
+        types = {"norm": "float", "steps": "int", "found_by": "str", "fooled": "bool"}
+        assert st.write_shard(w, result, fields=types)
+        assert not st.write_shard(w, result, fields=types)   # a second copy is ignored
+        df, m = st.to_frame(), st.metrics_frame()
+    assert df["norm"].tolist()[0] == 0.5 and np.isnan(df["norm"].tolist()[1])
+    assert df["steps"].tolist() == [3, 0, 10] and str(df["steps"].dtype) == "Int64"
+    assert df["found_by"].tolist() == ["pgd", "", "fab"]
+    assert df["fooled"].tolist() == [True, False, True] and str(df["fooled"].dtype) == "boolean"
+    assert df["pred"].tolist() == base.pred.tolist()
+    assert m[["name", "scope"]].values.tolist() == [["energy", "iteration"], ["upper", "run"],
+                                                    ["zeros", "layer"]]
+    assert m["index"].tolist() == [7, "", "layer1.0.act"] and np.isnan(m["value"].iloc[0])
+    assert m["value"].iloc[1:].tolist() == [4.5, 0.25] and set(m["condition"]) == {"clean"}

@@ -3,9 +3,10 @@
 import pytest
 import torch
 
+from conftest import run_suite
 from harness.data import load_sample
 from harness.errors import HarnessError
-from harness.runner import resolve_model, run_suite
+from harness.resolve import resolve_model
 from harness.store import Store
 from harness.suites import SUITES
 
@@ -47,7 +48,7 @@ def test_single_example_and_bad_options(sample):
     with Store(":memory:") as st:
         out = run_suite(model=resolve_model("resnet8"), suite="clean", data=sample, store=st, n=1)
         assert out.summary["n"].iloc[0] == 1
-        with pytest.raises(HarnessError, match="--dtype"):
+        with pytest.raises(HarnessError, match="dtype 'int8'"):
             run_suite(model=resolve_model("resnet8"), suite="clean", data=sample, store=st,
                       dtype="int8")
         with pytest.raises(HarnessError, match="did you mean 'clean'"):

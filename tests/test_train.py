@@ -1,10 +1,45 @@
-"""The training recipe: augmentation semantics and a short real run."""
+"""The training recipe: the fit loop, augmentation semantics and a short real run."""
 
 import pytest
 import torch
 
 from models import create_model
-from models.train import TrainRecipe, augment, evaluate_accuracy, train
+from models.training import TrainRecipe, augment, evaluate_accuracy, fit, train
+
+
+def test_fit_walks_seeded_batches_sets_the_schedule_and_minimises():
+    """The one loop every trainer uses: a fresh permutation per epoch (ragged tail dropped) or
+    draws with replacement, lr(step) x the group's lr_scale before each step, hooks in order,
+    and the updates actually minimise the loss."""
+    w = torch.zeros(3, requires_grad=True)
+    opt = torch.optim.SGD([{"params": [w], "lr_scale": 0.5}], lr=1.0)
+    seen, lrs, events = [], [], []
+
+    def loss_fn(idx):
+        seen.append(idx.clone())
+        lrs.append(opt.param_groups[0]["lr"])
+        return (w - 1).square().sum()
+
+    def run(**kw):
+        return fit(loss_fn, opt, n=10, batch_size=3, generator=torch.Generator().manual_seed(0),
+                   after_step=lambda t: events.append(("step", t)),
+                   end_epoch=lambda e, losses: events.append(("epoch", e, len(losses))), **kw)
+
+    assert run(epochs=4, lr=lambda t: 0.8 / (t + 1)) == 12
+    epochs = [torch.cat(seen[i:i + 3]) for i in range(0, 12, 3)]
+    assert all(len(set(e.tolist())) == 9 for e in epochs)         # no repeats within an epoch
+    assert not torch.equal(epochs[0], epochs[1])                    # reshuffled
+    assert lrs == pytest.approx([0.4 / (t + 1) for t in range(12)])
+    assert events[:4] == [("step", 0), ("step", 1), ("step", 2), ("epoch", 0, 3)]
+    assert torch.allclose(w.detach(), torch.ones(3), atol=0.05)    # 1 - prod(1 - 2 lr_t) = 0.97
+    first = [s.clone() for s in seen]
+    seen.clear()
+    assert run(epochs=4, lr=lambda t: 0.8 / (t + 1)) == 12
+    assert all(torch.equal(a, b) for a, b in zip(first, seen))      # seeded
+    seen.clear()
+    # with replacement: as many steps as asked, from all of the examples (150 draws of 10)
+    assert run(epochs=1, steps_per_epoch=50, replacement=True) == 50
+    assert sorted(set(torch.cat(seen).tolist())) == list(range(10)) and len(seen) == 50
 
 
 def test_augment_is_a_shift_and_optional_flip():
@@ -74,7 +109,7 @@ def test_train_cli_writes_a_loadable_checkpoint_and_card(tmp_path):
 
 
 def test_recipe_for_merges_registry_settings_and_given_values():
-    from models.train import recipe_for
+    from models.training import recipe_for
 
     assert recipe_for("resnet8") == TrainRecipe()
     lip = recipe_for("resnet8-deepspline-1lip")

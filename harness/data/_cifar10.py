@@ -69,7 +69,7 @@ class ImageSet:
         if n is None or n >= len(self):
             return self
         if n < 1:
-            raise HarnessError(f"--n must be at least 1, got {n}")
+            raise HarnessError(f"n must be at least 1, got {n}")
         return ImageSet(
             self.images[:n], self.labels[:n], self.indices[:n], self.source, self.split,
             self.fingerprint,
@@ -91,7 +91,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
         HarnessError: an explicitly given directory (argument or $HARNESS_DATA) does not exist
             or holds no ``cifar-10-batches-py`` folder.
     """
-    origin = "--data-dir"
+    origin = "data dir"
     if data_dir is None or str(data_dir) == "":
         env = os.environ.get("HARNESS_DATA", "")
         if not env:
@@ -166,7 +166,7 @@ def load_cifar10_arrays(split: str = "test", *, data_dir=None) -> ImageSet:
     if root is None:
         if split != "test":
             raise HarnessError(
-                "the bundled sample has only test images; pass --data-dir (or set "
+                "the bundled sample has only test images; give a data dir (--data-dir, data_dir= or "
                 "$HARNESS_DATA) to a folder with cifar-10-batches-py for the train split"
             )
         return load_sample()

@@ -30,7 +30,7 @@ ROWS = 5 * PER_SEVERITY
 
 def _given_dir(data_dir) -> tuple[Path | None, str]:
     if data_dir is not None and str(data_dir) != "":
-        return Path(data_dir).expanduser(), "--data-dir"
+        return Path(data_dir).expanduser(), "data dir"
     env = os.environ.get("HARNESS_DATA", "")
     return (Path(env).expanduser(), "$HARNESS_DATA") if env else (None, "")
 
@@ -148,7 +148,7 @@ class CorruptionData:
         if n is None or n >= self.n:
             return self
         if n < 1:
-            raise HarnessError(f"--n must be at least 1, got {n}")
+            raise HarnessError(f"n must be at least 1, got {n}")
         return replace(self, n=n, clean=self.clean.head(n) if self.clean is not None else None)
 
 
@@ -160,14 +160,14 @@ def load_cifar10c(*, data_dir=None, source: str = "auto") -> CorruptionData:
             that does not exist, or CIFAR-10 missing for generation.
     """
     if source not in SOURCES:
-        raise HarnessError(f"--source {source!r}: expected one of {', '.join(SOURCES)}")
+        raise HarnessError(f"source {source!r}: expected one of {', '.join(SOURCES)}")
     path, origin = _given_dir(data_dir)
     if path is not None and not path.is_dir():
         raise HarnessError(f"{origin} {str(path)!r} is not a directory")
     root = find_released(path)
     if source == "released" and root is None:
-        where = f"{origin} {str(path)!r}" if path is not None else "no --data-dir given"
-        raise HarnessError(f"--source released: no {RELEASED_DIR}/labels.npy found ({where}); "
+        where = f"{origin} {str(path)!r}" if path is not None else "no data dir given"
+        raise HarnessError(f"source released: no {RELEASED_DIR}/labels.npy found ({where}); "
                            "download CIFAR-10-C and pass the folder holding it")
     if source == "released" or (source == "auto" and root is not None):
         released = ReleasedC(root)

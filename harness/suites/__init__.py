@@ -1,10 +1,23 @@
 """Suites: what is measured. ``SUITES.get(name)`` returns the suite class.
 
-Built in: ``clean``, ``cifar10c``. (pgd, autoattack, lipschitz and sparsity arrive in later
-issues.)
+Built in: ``clean``, ``cifar10c``; the protocol a suite follows (options, per-example fields,
+metric records, summary, headline, tables) is in :mod:`harness.suites._base`.
 """
 
 from harness.suites import cifar10c, clean  # noqa: F401  (registers the suites)
-from harness.suites._base import SUITES, ShardInputs, Suite, contiguous_shards
+from harness.suites._base import (
+    SUITES,
+    EvalContext,
+    Field,
+    Metric,
+    Option,
+    ShardInputs,
+    Suite,
+    Table,
+    contiguous_shards,
+    non_negative,
+    positive,
+)
 
-__all__ = ["SUITES", "ShardInputs", "Suite", "contiguous_shards"]
+__all__ = ["SUITES", "EvalContext", "Field", "Metric", "Option", "ShardInputs", "Suite", "Table",
+           "contiguous_shards", "non_negative", "positive"]

@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from harness.data import load_cifar10c
 from harness.errors import HarnessError
 from harness.records import Shard
-from harness.suites._base import SUITES, ShardInputs, Suite, contiguous_shards
+from harness.store import Store
+from harness.suites._base import SUITES, Option, ShardInputs, Suite, Table, contiguous_shards
 
 # Examples per corrupted set by default on the bundled 1,000-image sample: sized so the main
 # job (every default model, 15 x 5 sets) stays within its 5-minute budget on 2 CPU cores.
@@ -32,14 +34,14 @@ def parse_corruptions(value: str | Iterable[str] | None) -> list[str]:
     """Canonical corruption names in the release's order. Accepts names, aliases and the
     groups ``benchmark`` (the 15), ``extra`` (the 4) and ``all``; a string may be
     comma-separated."""
-    from harness.corruptions import CORRUPTIONS, list_corruptions
+    from harness.corruptions import CORRUPTIONS, list_corruptions  # lazy: torch
 
     if value is None:
         return list_corruptions()
     items = [value] if isinstance(value, str) else list(value)
     tokens = [t.strip() for item in items for t in str(item).split(",") if t.strip()]
     if not tokens:
-        raise HarnessError("--corruptions is empty")
+        raise HarnessError("corruptions: the list is empty")
     chosen: set[str] = set()
     everything = list_corruptions(include_extra=True)
     for t in tokens:
@@ -56,7 +58,7 @@ def parse_corruptions(value: str | Iterable[str] | None) -> list[str]:
 
 def parse_severities(value: str | Iterable[int] | None) -> list[int]:
     """Sorted severities from a list or a string like ``"1,3-5"``."""
-    from harness.corruptions import SEVERITIES, check_severity
+    from harness.corruptions import SEVERITIES, check_severity  # lazy: torch
 
     if value is None:
         return list(SEVERITIES)
@@ -74,10 +76,10 @@ def parse_severities(value: str | Iterable[int] | None) -> list[int]:
                 else:
                     vals = [int(tok)]
             except ValueError:
-                raise HarnessError(f"--severities: {tok!r} is not a severity (1-5)") from None
+                raise HarnessError(f"severities: {tok!r} is not a severity (1-5)") from None
             out.update(check_severity(v) for v in vals)
     if not out:
-        raise HarnessError("--severities is empty")
+        raise HarnessError("severities: the list is empty")
     return sorted(out)
 
 
@@ -86,12 +88,20 @@ def parse_severities(value: str | Iterable[int] | None) -> list[int]:
 class Cifar10CSuite(Suite):
     name = "cifar10c"
     default_shard_size = 500
-    options = ("corruptions", "severities", "source")
+    options = (
+        Option("corruptions", "comma-separated names, or benchmark (default: the 15), extra (the "
+               "4 extras), all", check=parse_corruptions, metavar="NAMES"),
+        Option("severities", "e.g. 1,3-5 (default 1-5)", check=parse_severities, metavar="LIST"),
+        Option("source", "released CIFAR-10-C files (DIR/CIFAR-10-C/*.npy), generated "
+               "corruptions, or auto (released when present)", default="auto",
+               choices=("auto", "released", "generated")),
+        Option("baseline", "print mCE / relative mCE against this model's stored cifar10c run "
+               "on the same data", metavar="MODEL"),
+    )
     primary = "mean"
+    labels = {"clean": "clean %", "mean": "C-10-C mean %", "extras": "extras mean %"}
 
     def load_data(self, *, data_dir=None, source: str = "auto", **options: Any):
-        from harness.data import load_cifar10c
-
         return load_cifar10c(data_dir=data_dir, source=source)
 
     def default_n(self, data) -> int | None:
@@ -112,14 +122,14 @@ class Cifar10CSuite(Suite):
             "clean": bool(data is None or data.clean is not None),
         }
         if src == "generated":
-            import torch
+            import torch  # lazy, see the module docstring
 
-            from harness.corruptions import generator_fingerprint
+            from harness.corruptions import generator_fingerprint  # lazy: torch
 
             kind = torch.device(device).type
             if kind not in ("cpu", "cuda"):
                 raise HarnessError(f"generated corruptions run in float64, which {kind} lacks: "
-                                   "use --device cpu or cuda (or --source released)")
+                                   "use device cpu or cuda (or source 'released')")
             # What decides the generated pixels: the corruption code, torch's generator streams,
             # and the device (float sums may round differently, flipping a truncation by 1).
             params["generator"] = {"code": generator_fingerprint(),
@@ -134,6 +144,10 @@ class Cifar10CSuite(Suite):
             return data.name, fp
         return data.name, data.clean.fingerprint
 
+    def describe(self, params) -> str:
+        return (f"n = {params['n']} per set | {len(params['corruptions'])} corruptions x "
+                f"{len(params['severities'])} severities | source {params['source']}")
+
     def shards(self, data, params):
         n, size, src = params["n"], params["shard_size"], params["source"]
         out: list[Shard] = []
@@ -145,10 +159,10 @@ class Cifar10CSuite(Suite):
                 out += contiguous_shards(n, size, cond, f"{name}/{s}")
         return out
 
-    def inputs(self, data, shard, *, params, seed, device):
-        import torch
+    def inputs(self, data, shard, ctx):
+        import torch  # lazy, see the module docstring
 
-        from harness.corruptions import corrupt
+        from harness.corruptions import corrupt  # lazy: torch
 
         c = shard.condition
         example = np.arange(shard.start, shard.stop, dtype=np.int64)
@@ -159,14 +173,14 @@ class Cifar10CSuite(Suite):
         if c["source"] == "released":
             images = data.released.images(c["corruption"], c["severity"], shard.start, shard.stop)
             return ShardInputs(torch.from_numpy(images), labels, example)
-        clean = torch.from_numpy(data.clean.images[shard.start:shard.stop]).to(device)
-        images = corrupt(clean, c["corruption"], c["severity"], seed=seed,
+        clean = torch.from_numpy(data.clean.images[shard.start:shard.stop]).to(ctx.device)
+        images = corrupt(clean, c["corruption"], c["severity"], seed=ctx.seed,
                          indices=data.clean.indices[shard.start:shard.stop])
         return ShardInputs(images, labels, example)
 
     def summarize(self, store, run_id):
         """Per-condition table, clean first, then the release's corruption order by severity."""
-        from harness.corruptions import list_corruptions
+        from harness.corruptions import list_corruptions  # lazy: torch
 
         frame = store.condition_summary(run_id)
         order = {name: i for i, name in enumerate(["none", *list_corruptions(include_extra=True)])}
@@ -176,9 +190,51 @@ class Cifar10CSuite(Suite):
     def headline(self, summary) -> dict[str, float]:
         return headline(summary)
 
+    def references(self, store_path, plan):
+        """The ``baseline`` option's stored run (id and summary), found before the run starts."""
+        model = plan.options.get("baseline")
+        if model is None:
+            return None
+        spec = {"data_fingerprint": plan.data_fingerprint, "params": plan.params,
+                "seed": plan.seed}
+        with Store(store_path, readonly=True) as store:
+            run_id = find_baseline(store, model, spec)
+            return {"model": model, "run_id": run_id, "summary": self.summarize(store, run_id)}
+
+    def tables(self, outcomes, references=None):
+        """Accuracy by corruption (mean over severities) per model; mCE lines with a baseline."""
+        import pandas as pd  # lazy, like torch (see the module docstring)
+
+        from harness.corruptions import CORRUPTIONS  # lazy: torch
+
+        per = [per_corruption(o.summary) for o in outcomes]
+        names = list(dict.fromkeys(k for p in per for k in p))
+        generated = outcomes[0].spec.params["source"] == "generated"
+        rows = []
+        for name in names:
+            meta = CORRUPTIONS.meta(name)
+            mark = ("" if meta["benchmark"] else " *") + (
+                " ~" if meta["approximate"] and generated else "")
+            rows.append([name + mark, *[p.get(name, float("nan")) for p in per]])
+        models = [o.spec.model for o in outcomes]
+        out: list = [Table("accuracy % by corruption",
+                           pd.DataFrame(rows, columns=["corruption", *models]),
+                           caption="mean over severities; * extra, not in the mean; ~ "
+                                   "approximate generator", percent=models)]
+        if references is not None:
+            for o in outcomes:
+                m = mce(o.summary, references["summary"])
+                rel = f", relative mCE {m['relative_mce']:.1f} %" if "relative_mce" in m else ""
+                if m.get("relative_excluded"):
+                    rel += (f" (without {', '.join(m['relative_excluded'])}: baseline error not "
+                            "above its clean error)")
+                out.append(f"{o.spec.model}: mCE {m['mce']:.1f} %{rel} (baseline "
+                           f"{references['model']}, run {references['run_id'][:12]})")
+        return out
+
 
 def _cells(summary):
-    from harness.corruptions import list_corruptions
+    from harness.corruptions import list_corruptions  # lazy: torch
 
     bench = set(list_corruptions())
     corrupted = summary[summary["severity"] > 0]
@@ -222,7 +278,7 @@ def mce(summary, baseline) -> dict[str, Any]:
     Raises:
         HarnessError: the runs share no benchmark (corruption, severity) set.
     """
-    from harness.corruptions import list_corruptions
+    from harness.corruptions import list_corruptions  # lazy: torch
 
     def errors(frame) -> dict[tuple[str, int], float]:
         f = frame[frame["severity"] > 0]
@@ -270,7 +326,7 @@ def find_baseline(store, model: str, spec: Mapping[str, Any]) -> str:
                 and (p["clean"] or not want["clean"])):
             matches.append(r)
     if not matches:
-        raise HarnessError(f"--baseline {model!r}: no complete cifar10c run of that model in the "
+        raise HarnessError(f"baseline {model!r}: no complete cifar10c run of that model in the "
                            "store covers these corruption sets on the same data, source, n, seed "
                            "and generator; run it first")
     return matches[-1]["run_id"]

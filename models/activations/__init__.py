@@ -19,6 +19,8 @@ from collections.abc import Callable
 from torch import nn
 
 from harness.registry import Registry
+from models.activations.deepspline import DeepSpline
+from models.activations.sugar import SURROGATES, Sugar
 
 ActivationFactory = Callable[..., nn.Module]
 
@@ -41,8 +43,6 @@ def _silu(*, num_channels: int) -> nn.Module:
 
 
 def _register_sugar() -> None:
-    from models.activations.sugar import SURROGATES, Sugar
-
     for surrogate in SURROGATES:
         def factory(*, num_channels: int, _s=surrogate) -> nn.Module:
             return Sugar(_s)
@@ -57,16 +57,12 @@ _register_sugar()
 @ACTIVATIONS.register("deepspline", description="learnable linear spline per channel (51 "
                       "coefficients on [-4, 4], ReLU init)")
 def _deepspline(*, num_channels: int) -> nn.Module:
-    from models.activations.deepspline import DeepSpline
-
     return DeepSpline(num_channels, size=51, range_=4.0, init="relu")
 
 
 @ACTIVATIONS.register("deepspline-1lip", description="linear spline per channel with slopes "
                       "projected into [-1, 1] (1-Lipschitz), ReLU init")
 def _deepspline_1lip(*, num_channels: int) -> nn.Module:
-    from models.activations.deepspline import DeepSpline
-
     return DeepSpline(num_channels, size=51, range_=4.0, init="relu", lipschitz_bound=1.0,
                       anchored=True)
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.activations import make_activation
+from models.activations.deepspline import DeepSpline
 from models.architectures._common import CIFAR10_MEAN, Normalize
 from models.architectures.resnet import stage_plan
 
@@ -295,8 +296,6 @@ def lipschitz_upper_bound(model: nn.Module, *, method: str = "fft") -> float:
             to rounding); ``"power"``: the exact zero-padded norms, estimated from below by
             block power iteration (slow: seconds per layer).
     """
-    from models.activations.deepspline import DeepSpline
-
     if method not in ("power", "fft"):
         raise ValueError(f"method must be 'power' or 'fft', got {method!r}")
 

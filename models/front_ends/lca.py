@@ -29,18 +29,22 @@ dictionary (:meth:`LCA.operator_norm`), and ISTA converges for 1/τ < 2/||Φ||²
 monotone energy on random inputs for τ ≥ ||Φ||², and that τ = 1 (ISTA with step 1) diverges for
 a coherent overcomplete dictionary. For an orthonormal dictionary ``||Φ||² = 1`` and τ = 1
 converges in one step to the closed-form soft-threshold solution. A conv dictionary learned on
-raw images at stride 2 is coherent (||Φ||² = 64.5 for 64 atoms of 7x7: smooth atoms overlap
-their own shifts), which forces τ ≈ 33; learned on whitened images (:func:`whitening_filter`)
-it has ||Φ||² = 14.25, and the zoo's models use τ = 7.5.
+raw images at stride 2 is coherent (smooth atoms overlap their own shifts), which inflates
+||Φ||² and forces a large τ; learned on whitened images (:func:`whitening_filter`) it is far
+less coherent. The bundled dictionary's measured ||Φ||² and the τ the zoo's models run with
+are in the dictionary's JSON (``models/weights/lca-dictionary.json``).
 
 Memory: without autograd, O(batch x code size) whatever the iteration count (the trace keeps
 only per-sample scalars). Under autograd (attacks differentiating through the unrolled loop)
 every iteration's tensors are kept, O(iterations x batch x code size).
 
+Dictionary learning: :func:`models.training.learn_dictionary`.
+
 Example::
 
-    lca = LCA(features=64, kernel_size=7, stride=2, lambda_=0.25, tau=7.5, iterations=100,
-              **load_dictionary()[0])               # learned atoms + whitening filter
+    lca = LCA(features=16, kernel_size=7, stride=2, lambda_=0.25, tau=10.0, iterations=100)
+    codes = lca(images)                              # (N, 16, 16, 16) on random unit atoms
+    lca = models.zoo.dictionary_lca()                # the zoo's: learned atoms, whitening, τ
     codes = lca(images)                              # (N, 64, 16, 16), images in [0, 1]
     out = lca.encode(lca.prepare(images), trace=True)
     out.trace["energy"]                              # (iterations + 1, N)
@@ -79,9 +83,10 @@ def whitening_filter(images: torch.Tensor, *, size: int = 9, eps: float = 0.05,
 
     Why whiten: natural images concentrate their power at low frequencies, so a dictionary
     learned on raw images is made of smooth atoms that overlap their own stride-2 shifts; that
-    coherence (||Φ||² ≈ 65 for 64 atoms of 7x7) forces τ ≈ 33, and every LCA iteration then
-    removes only 1/33 of a unit's error. On whitened images the learned atoms are edge-like,
-    ||Φ||² drops to 14.25 and τ to 7.5 (Olshausen & Field's sparse coding also whitens).
+    coherence inflates ||Φ||² and hence the τ LCA needs, and every iteration then removes only
+    1/τ of a unit's error. On whitened images the learned atoms are edge-like and ||Φ||² and τ
+    are several times smaller (the bundled dictionary's values: see its JSON,
+    ``models/weights/lca-dictionary.json``; Olshausen & Field's sparse coding also whitens).
     The price: whitening amplifies high frequencies, pixel noise included, so classifiers on
     whitened codes lose much more accuracy under CIFAR-10-C's noise corruptions than on raw
     ones (the main job measures it; the bundled models' ``meta.notes`` say so).
@@ -330,68 +335,3 @@ class LCA(nn.Module):
 def normalize_atoms(phi: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Every atom (first dimension) scaled to unit l2 norm."""
     return phi / phi.flatten(1).norm(dim=1).clamp_min(eps).view(-1, *([1] * (phi.dim() - 1)))
-
-
-def learn_dictionary(
-    lca: LCA,
-    images: torch.Tensor,
-    *,
-    steps: int = 300,
-    batch_size: int = 128,
-    lr: float = 0.01,
-    iterations: int | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    log=lambda msg: None,
-) -> dict:
-    """Learn ``lca.dictionary`` in place, unsupervised, by alternating LCA inference and a
-    gradient step on the reconstruction error (Olshausen & Field 1997; lcapt's rule):
-
-        a = LCA(s; Φ)      Φ <- normalize(Φ + lr · (Φ-gradient of -1/2||s - Φa||²) / n_active)
-
-    where the step of each atom is divided by how often it was active in the batch (lcapt's
-    ``times_active`` scaling, which keeps rarely used atoms from being frozen out).
-
-    Args:
-        lca: the layer whose dictionary is learned (its λ, τ and threshold are used).
-        images: uint8 (N, 3, H, W) or float images in [0, 1].
-        steps: dictionary updates; each draws ``batch_size`` images (seeded, with replacement
-            across steps) and flips half of them.
-        iterations: LCA iterations per step (default ``lca.iterations``).
-
-    Returns:
-        ``{"steps", "energy", "l0", "recon_error"}`` -- per-step means (lists), for the log.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    lca.to(device)
-    history: dict[str, list[float]] = {"energy": [], "l0": [], "recon_error": []}
-    for step in range(steps):
-        idx = torch.randint(0, len(images), (batch_size,), generator=gen)
-        x = images[idx]
-        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-        flip = torch.rand(batch_size, generator=gen) < 0.5
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x).to(device)
-        s = lca.prepare(x)
-        with torch.no_grad():
-            out = lca.encode(s, iterations=iterations)
-        phi = lca.dictionary.clone().requires_grad_(True)
-        recon = lca.reconstruct(out.codes, s.shape[-2:], dictionary=phi)
-        loss = 0.5 * (s - recon).square().sum()
-        (grad,) = torch.autograd.grad(loss, phi)
-        active = (out.codes != 0).sum(dim=(0, 2, 3)).float() + 1.0
-        with torch.no_grad():
-            lca.dictionary.copy_(normalize_atoms(phi - lr * grad / active.view(-1, 1, 1, 1)))
-            terms = lca.energy_terms(s, out.codes)
-        for key in history:
-            history[key].append(terms[key].mean().item())
-        # a zero code has energy 1/2||s||²; above it the iteration has diverged (τ too small
-        # for the dictionary's coherence, which grows as it learns)
-        if not history["energy"][-1] <= 0.5 * s.square().flatten(1).sum(1).mean().item():
-            raise RuntimeError(f"LCA diverged at dictionary step {step + 1} (energy "
-                               f"{history['energy'][-1]:.1f}); increase tau")
-        if step % 25 == 0 or step == steps - 1:
-            log(f"step {step + 1}/{steps} energy {history['energy'][-1]:.2f} "
-                f"recon {history['recon_error'][-1]:.2f} l0 {history['l0'][-1]:.4f}")
-    history["steps"] = steps
-    return history
-
