@@ -75,7 +75,8 @@ def _assert_same_distribution(name, s, ours, theirs, clean):
         assert z < 4, f"{name} s{s} {label}: harness {a.mean():.3f} vs reference {b.mean():.3f} (z={z:.1f})"
 
 
-@pytest.mark.parametrize("name", RANDOM + (["frost"] if FROST_DIR else []))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "glass_blur" else n
+                                  for n in RANDOM + (["frost"] if FROST_DIR else [])])
 def test_random_corruptions_match_the_reference_in_distribution(name, sample):
     x = sample.images[:500]
     clean = x.astype(np.float64)

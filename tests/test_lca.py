@@ -309,6 +309,7 @@ def test_codes_match_lanl_lca_pytorch(kind, tmp_path):
     assert (out.codes != 0).eq(acts != 0).float().mean() > 0.999
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["lca-resnet8", "warp-lca-resnet8"])
 def test_train_cli_trains_a_front_end_model_end_to_end(name, tmp_path):
     """`harness train` on 800 images: predictor (WARP), coding, backbone, checkpoint, card."""

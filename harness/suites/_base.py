@@ -315,10 +315,11 @@ class Suite:
         """Column label of a headline key."""
         return self.labels.get(key, f"{key} %")
 
-    def references(self, store, plan) -> Any:
-        """What this run's tables compare with, read from the existing store before anything is
-        written (``store`` is read-only, or None when the store does not exist yet). Raise
-        :class:`HarnessError` when a requested reference is missing. Default: nothing."""
+    def references(self, store_path: str, plan) -> Any:
+        """What this run's tables compare with, read from the store at ``store_path`` before
+        anything is written (open it read-only: ``Store(store_path, readonly=True)``, which
+        fails with a one-line error when it does not exist). Raise :class:`HarnessError` when a
+        requested reference is missing. Default: nothing (the store is not opened)."""
         return None
 
     def tables(self, outcomes: Sequence[Any], references: Any = None) -> list[Table | str]:
