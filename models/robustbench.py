@@ -79,11 +79,11 @@ def weights_root(explicit: str | os.PathLike | None) -> Path:
     value = explicit if explicit is not None else os.environ.get(WEIGHTS_ENV)
     if not value:
         raise HarnessError(f"robustbench models load their checkpoint from a local folder: pass "
-                           f"--weights-dir DIR (or set ${WEIGHTS_ENV}); the file goes to "
-                           f"DIR/{DATASET}/<threat>/<name>.pt")
+                           f"a weights dir (--weights-dir DIR, weights_dir=, or ${WEIGHTS_ENV}); "
+                           f"the file goes to DIR/{DATASET}/<threat>/<name>.pt")
     path = Path(value).expanduser()
     if not path.is_dir():
-        raise HarnessError(f"--weights-dir {str(path)!r} is not a directory")
+        raise HarnessError(f"weights dir {str(path)!r} is not a directory")
     return path
 
 
@@ -91,7 +91,7 @@ def _resolve_name(ref: str, root: Path, models, threat_enum) -> tuple[str, str]:
     body = ref[len(PREFIX):]
     threat, _, name = body.rpartition("/")
     if threat and threat not in THREATS:
-        raise HarnessError(f"--model {ref!r}: unknown threat model {threat!r}; one of "
+        raise HarnessError(f"model {ref!r}: unknown threat model {threat!r}; one of "
                            f"{', '.join(THREATS)}")
     candidates = [threat] if threat else [t for t in THREATS if name in models[threat_enum(t)]]
     candidates = [t for t in candidates if name in models[threat_enum(t)]]
@@ -101,7 +101,7 @@ def _resolve_name(ref: str, root: Path, models, threat_enum) -> tuple[str, str]:
         close = difflib.get_close_matches(name, pool, n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         where = f"{threat} " if threat else ""
-        raise HarnessError(f"--model {ref!r}: no RobustBench CIFAR-10 {where}model named "
+        raise HarnessError(f"model {ref!r}: no RobustBench CIFAR-10 {where}model named "
                            f"{name!r}{hint} (harness ls robustbench)")
     present = [t for t in candidates if (root / DATASET / t / f"{name}.pt").is_file()]
     chosen = (present or candidates)[0]
