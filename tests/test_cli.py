@@ -10,6 +10,7 @@ import torch
 import models
 from conftest import REPO, run_cli
 from harness.cli import main
+from harness.data import load_sample
 from models import create_model
 from models.checkpoints import save_checkpoint
 from models.zoo import weights_path
@@ -144,7 +145,20 @@ def test_run_resume_ls_show(tmp_path, ckpt):
     assert len(lines) == 301 and lines[0].startswith("run_id,model,suite,data,seed")
     js = json.loads(run_cli("show", run["run_id"][:8], "--store", store, "--format",
                             "json").stdout)
-    assert js["rows"][0]["n"] == 300 and 0 <= js["rows"][0]["accuracy"] <= 1
+    correct = [line.split(",")[-2] for line in lines[1:]]   # ...,pred,correct,loss
+    assert js["rows"][0]["n"] == 300
+    assert js["rows"][0]["accuracy"] == pytest.approx(correct.count("True") / 300)
+    # the same weights, evaluated here directly on the same 300 images
+    import numpy as np
+
+    from harness.data import load_sample
+    from models.zoo import load_model
+
+    s = load_sample()
+    with torch.inference_mode():
+        logits = load_model(f"{ckpt}.json")(torch.from_numpy(s.images[:300]).float() / 255)
+    direct = float(np.mean(logits.argmax(1).numpy() == s.labels[:300]))
+    assert js["rows"][0]["accuracy"] == pytest.approx(direct, abs=1 / 300)
     (session,) = js["run"]["sessions"][:1]
     assert session["torch"] == torch.__version__ and session["device"] == "cpu"
     assert len(js["run"]["sessions"]) == 2  # the resumed second process is recorded too
@@ -225,9 +239,14 @@ def test_main_job_default_models(tmp_path):
     with Store(tmp_path / "s.sqlite", readonly=True) as st:
         runs = st.runs()
     assert sorted(r["model"] for r in runs) == models.list_models(default=True, pretrained=True)
-    for run in runs:   # every default model, well above chance (the 1-Lip one is at ~63 %)
+    sample = load_sample()
+    x = torch.from_numpy(sample.images).float() / 255
+    for run in runs:   # each printed accuracy equals a direct forward pass of the bundled model
+        with torch.no_grad():
+            pred = create_model(run["model"], pretrained=True)(x).argmax(1).numpy()
+        direct = 100 * float((pred == sample.labels).mean())
         acc = 100 * run["n_correct"] / run["n"]
-        assert 50 <= acc <= 100 and f"{acc:.2f}" in proc.stdout
+        assert abs(acc - direct) <= 0.1 and f"{acc:.2f}" in proc.stdout, run["model"]
 
 
 BROKEN_FILE = """
@@ -240,6 +259,19 @@ def wrong_input():
 
 def too_few_classes():
     return nn.Sequential(nn.Flatten(), nn.Linear(3072, 3))
+
+
+class Pair(nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :10], x.mean()
+
+
+def returns_a_tuple():
+    return Pair()
+
+
+def wrong_rank():
+    return nn.Conv2d(3, 10, 3)        # (N, 10, 30, 30): not (N, classes)
 """
 
 
@@ -251,4 +283,8 @@ def test_broken_user_models_exit_2_before_the_store(tmp_path):
                    r"failed on a \(2, 3, 32, 32\) batch in \[0, 1\]: RuntimeError")
     one_line_error(run_cli(*base, f"{tmp_path / 'broken.py'}:too_few_classes"),
                    r"has 3 outputs but the labels go up to 9")
+    one_line_error(run_cli(*base, f"{tmp_path / 'broken.py'}:returns_a_tuple"),
+                   r"must return logits of shape \(N, classes\); got tuple")
+    one_line_error(run_cli(*base, f"{tmp_path / 'broken.py'}:wrong_rank"),
+                   r"must return logits of shape \(N, classes\); got \(2, 10, 30, 30\)")
     assert not store.exists()

@@ -23,9 +23,11 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("cv2")
-pytest.importorskip("skimage")
-pytest.importorskip("scipy")
+from conftest import require
+
+require("cv2")
+require("skimage")
+require("scipy")
 
 sys.path.insert(0, str(Path(__file__).parent / "reference"))
 import cifar_c_ref as ref  # noqa: E402

@@ -124,3 +124,43 @@ def test_bundled_sample_is_a_subset_of_the_test_split(cifar_dir):
     sample = load_sample()
     assert np.array_equal(test.images[sample.indices], sample.images)
     assert np.array_equal(test.labels[sample.indices], sample.labels)
+
+
+class _Payload:
+    """Pickles to a call of ``open(marker, "w")``: code that runs on a plain pickle.load."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_batch_pickle_that_carries_code_is_refused_unrun(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from harness.data import load_cifar10_arrays
+
+    marker = tmp_path / "ran"
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    evil = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1], b"x": _Payload(marker)}
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(evil, f, protocol=2)
+    with open(tmp_path / "control", "wb") as f:   # the same pickle really runs it when loaded
+        pickle.dump({"x": _Payload(tmp_path / "control-ran")}, f, protocol=2)
+    with open(tmp_path / "control", "rb") as f:
+        pickle.load(f)
+    assert (tmp_path / "control-ran").exists()
+    with pytest.raises(HarnessError, match=r"io\.open is not allowed in a CIFAR-10 batch"):
+        load_cifar10_arrays("test", data_dir=tmp_path)
+    assert not marker.exists()
+    # a faithful batch in the official layout (protocol 2, bytes keys) still loads
+    from conftest import write_batch
+
+    write_batch(folder / "test_batch", np.full((3, 3072), 7, np.uint8), [1, 2, 3],
+                bytes_keys=True)
+    data = load_cifar10_arrays("test", data_dir=tmp_path)
+    assert data.labels.tolist() == [1, 2, 3] and int(data.images.max()) == 7

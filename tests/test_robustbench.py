@@ -83,5 +83,4 @@ def test_errors_are_one_line_and_say_what_to_do(rb_dir, tmp_path, monkeypatch):
                    str(root), "--n", "4", "--store", str(tmp_path / "s.sqlite"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
     assert "Traceback" not in proc.stderr and "Standard.pt" in proc.stderr
-    assert not (tmp_path / "s.sqlite").exists() or "Standard" not in run_cli(
-        "ls", "runs", "--store", str(tmp_path / "s.sqlite")).stdout
+    assert not (tmp_path / "s.sqlite").exists()   # every check runs before the store opens

@@ -118,8 +118,9 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             # The official pickles are plain dicts of numpy arrays and lists; 'latin1' decodes
-            # the Python 2 byte strings. These are data files the user pointed us at.
-            batch = pickle.load(f, encoding="latin1")
+            # the Python 2 byte strings. Only what they contain may be rebuilt: a pickle that
+            # names any other callable is refused before it can run.
+            batch = _BatchUnpickler(f, encoding="latin1").load()
     except Exception as exc:  # truncated, not a pickle, wrong protocol...
         raise HarnessError(
             f"cannot read CIFAR-10 file {str(path)!r}: {type(exc).__name__}: {exc}"
@@ -146,6 +147,26 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() > 9:
         raise HarnessError(f"CIFAR-10 file {str(path)!r}: labels must be integers in 0..9")
     return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+# What the official batches (and faithful copies written by numpy/pickle) reference: numpy's
+# array reconstruction and dtypes, and the codec Python 3 uses for protocol-2 bytes.
+_PICKLE_GLOBALS = frozenset({
+    (mod, name)
+    for core in ("numpy.core", "numpy._core")
+    for mod, name in ((f"{core}.multiarray", "_reconstruct"), (f"{core}.multiarray", "scalar"),
+                      (f"{core}.numeric", "_frombuffer"))
+} | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")})
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """An unpickler that rebuilds only dicts, lists, str/bytes and numpy arrays."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR-10 batch "
+                                     "(only dicts, lists, strings and numpy arrays are)")
 
 
 def load_cifar10_arrays(split: str = "test", *, data_dir=None) -> ImageSet:
