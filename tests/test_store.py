@@ -358,3 +358,69 @@ def test_fields_and_metrics_round_trip(tmp_path):
                                                     ["zeros", "layer"]]
     assert m["index"].tolist() == [7, "", "layer1.0.act"] and np.isnan(m["value"].iloc[0])
     assert m["value"].iloc[1:].tolist() == [4.5, 0.25] and set(m["condition"]) == {"clean"}
+
+
+_KILL_IN_WRITE = """
+import os, signal, sys
+from harness.executor import execute
+from harness.plan import plan_run
+from harness.store import Store
+
+kill_at = int(sys.argv[2])          # the transaction to die in, between its inserts and COMMIT
+count = 0
+orig_tx = Store._tx
+
+
+def _tx(self):
+    inner = orig_tx(self)
+
+    class Tx:
+        def __enter__(self_):
+            return inner.__enter__()
+
+        def __exit__(self_, *exc):
+            global count
+            count += 1
+            if count == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return inner.__exit__(*exc)
+
+    return Tx()
+
+
+Store._tx = _tx
+plan = plan_run(suite="clean", models=["resnet8"], n=120, shard_size=10)
+with Store(sys.argv[1]) as st:
+    (out,) = execute(plan, st)
+print("computed", out.shards_computed, "of", out.shards_total)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kill_between_a_shards_inserts_and_its_commit(tmp_path, seed):
+    """SIGKILL inside the write transaction of a random shard: the shard is absent (not
+    half-written), earlier shards are intact, and the rerun equals an uninterrupted run."""
+    import random
+
+    script = tmp_path / "job.py"
+    script.write_text(_KILL_IN_WRITE)
+    killed, whole = tmp_path / "killed.sqlite", tmp_path / "whole.sqlite"
+    kill_at = random.Random(seed).randint(2, 12)   # transaction 1 opens the run
+    proc = subprocess.run([sys.executable, str(script), str(killed), str(kill_at)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    con = sqlite3.connect(killed)
+    shards, examples = (con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                        for t in ("shards", "examples"))
+    con.close()
+    assert shards == kill_at - 2 and examples == 10 * shards   # the dying shard left nothing
+    rerun = subprocess.run([sys.executable, str(script), str(killed), "0"], capture_output=True,
+                           text=True, timeout=300)
+    assert rerun.stdout.split() == ["computed", str(12 - shards), "of", "12"], rerun.stderr
+    subprocess.run([sys.executable, str(script), str(whole), "0"], capture_output=True,
+                   text=True, timeout=300, check=True)
+    cols = ["run_id", "shard_key", "example", "label", "pred", "correct", "loss"]
+    with Store(killed, readonly=True) as a, Store(whole, readonly=True) as b:
+        pd.testing.assert_frame_equal(a.to_frame()[cols], b.to_frame()[cols])
+        assert a.runs()[0]["complete"]
