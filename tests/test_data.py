@@ -164,3 +164,42 @@ def test_a_batch_pickle_that_carries_code_is_refused_unrun(tmp_path):
                 bytes_keys=True)
     data = load_cifar10_arrays("test", data_dir=tmp_path)
     assert data.labels.tolist() == [1, 2, 3] and int(data.images.max()) == 7
+
+
+def test_a_corrupt_bundled_sample_is_a_one_line_error(tmp_path, monkeypatch):
+    import numpy as np
+
+    import harness.data._cifar10 as c10
+    from harness.data import load_sample
+
+    original = c10.SAMPLE_PATH
+    good = original.read_bytes()
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(good[: len(good) // 2])
+    monkeypatch.setattr(c10, "SAMPLE_PATH", truncated)
+    with pytest.raises(HarnessError, match="is unreadable: BadZipFile"):
+        load_sample()
+    s = np.load(original)
+    for name, kw in (("float", {"images": s["images"].astype(np.float32)}),
+                     ("labels", {"labels": s["labels"] + 10}),
+                     ("shape", {"images": s["images"][:, :, :16]})):
+        bad = tmp_path / f"{name}.npz"
+        np.savez(bad, **{**{k: s[k] for k in ("images", "labels", "indices")}, **kw})
+        monkeypatch.setattr(c10, "SAMPLE_PATH", bad)
+        with pytest.raises(HarnessError, match="is corrupt: expected uint8 images"):
+            load_sample()
+    monkeypatch.setattr(c10, "SAMPLE_PATH", tmp_path / "absent.npz")
+    with pytest.raises(HarnessError, match="is unreadable"):
+        load_sample()
+
+
+def test_harness_store_env_chooses_the_store(tmp_path):
+    from conftest import run_cli
+
+    store = tmp_path / "env.sqlite"
+    proc = run_cli("run", "--suite", "clean", "--model", "resnet8", "--n", "20", "--quiet",
+                   cwd=tmp_path, env={"HARNESS_STORE": str(store)})
+    assert proc.returncode == 0, proc.stderr
+    assert store.is_file() and not (tmp_path / "harness-results.sqlite").exists()
+    listing = run_cli("ls", "runs", cwd=tmp_path, env={"HARNESS_STORE": str(store)})
+    assert "resnet8" in listing.stdout and str(store.name) in listing.stdout

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -208,9 +209,19 @@ def load_sample() -> ImageSet:
     """The bundled 1,000-image class-balanced subset of the CIFAR-10 test split."""
     try:
         with np.load(SAMPLE_PATH, allow_pickle=False) as z:
-            images, labels, indices = z["images"], z["labels"].astype(np.int64), z["indices"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise HarnessError(f"bundled sample {str(SAMPLE_PATH)!r} is unreadable: {exc}") from None
+            images, labels, indices = z["images"], z["labels"], z["indices"]
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise HarnessError(f"bundled sample {str(SAMPLE_PATH)!r} is unreadable: "
+                           f"{type(exc).__name__}: {exc}") from None
+    n = len(labels)
+    if (images.dtype != np.uint8 or images.shape != (n, 3, 32, 32) or indices.shape != (n,)
+            or n == 0 or not np.issubdtype(labels.dtype, np.integer)
+            or labels.min() < 0 or labels.max() > 9):
+        raise HarnessError(f"bundled sample {str(SAMPLE_PATH)!r} is corrupt: expected uint8 "
+                           f"images (N, 3, 32, 32), N labels in 0..9 and N indices; got "
+                           f"{images.dtype} {images.shape}, {labels.dtype} {labels.shape}, "
+                           f"indices {indices.shape}")
+    labels = labels.astype(np.int64)
     return ImageSet(
         images=images,
         labels=labels,
