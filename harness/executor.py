@@ -113,8 +113,8 @@ def execute(
     """
     executor = executor or LocalExecutor()
     suite = plan.suite
-    writers, jobs, todo = [], [], []
-    for i, pm in enumerate(plan.models):
+    writers, todo = [], []
+    for pm in plan.models:
         writer = store.begin(pm.spec, force=force, provenance={
             **provenance(device=plan.ctx.device, dtype=plan.ctx.dtype,
                          batch_size=plan.ctx.batch_size),
@@ -125,9 +125,8 @@ def execute(
         if on_plan is not None:
             todo_n = sum(s.n for s in missing)
             on_plan(pm.name, todo_n, sum(s.n for s in plan.shards) - todo_n)
-        jobs += [(s_index, Job(i, s)) for s_index, s in enumerate(plan.shards)
-                 if s.key not in writer.done]
-    jobs = [job for _, job in sorted(jobs, key=lambda t: (t[0], t[1].model))]  # shard-major
+    # Shard-major, so an executor can prepare a shard's inputs once for every model needing it.
+    jobs = [Job(i, s) for s in plan.shards for i, w in enumerate(writers) if s.key not in w.done]
     wall = [0.0] * len(plan.models)
 
     def deliver(job: Job, result: ShardResult) -> None:

@@ -172,10 +172,14 @@ def test_run_suite_resumes_without_recomputing(tmp_path):
                            shard_size=100, force=True)
         assert forced.shards_computed == 3
         assert forced.summary["accuracy"].tolist() == first.summary["accuracy"].tolist()
-        other_weights = LoadedModel(name="resnet8-random", module=create_model("resnet8"),
-                                    identity={"factory": "resnet8"})
+        # the same architecture and name with other weights (changed before the model is
+        # fingerprinted, as a new checkpoint would be)
+        module = create_model("resnet8")
+        module.load_state_dict(model.module.state_dict())
         with torch.no_grad():
-            other_weights.module.fc.bias += 1.0
+            module.fc.bias += 1.0
+        other_weights = LoadedModel(name="resnet8-random", module=module,
+                                    identity={"factory": "resnet8"})
         assert run_suite(model=other_weights, suite="clean", data=data, store=st, n=300,
                          shard_size=100).run_id != first.run_id
 
