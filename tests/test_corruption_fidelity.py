@@ -1,8 +1,9 @@
 """Fidelity of the batched torch corruptions to make_cifar_c.py, against the per-image numpy /
 scipy / scikit-image / OpenCV / PIL reference in tests/reference/cifar_c_ref.py.
 
-* deterministic corruptions: within 1 grey level on >= 99 % of the values (they are in fact
-  exact or nearly so; the test also bounds the exact share);
+* deterministic corruptions: every value within 1 grey level, and exactly equal for those
+  that are (brightness, saturate, defocus, pixelate, JPEG); the others' share of values off
+  by one is bounded per corruption at the measured figure;
 * random corruptions: the release was not seeded, so they must match in distribution: the
   per-image mean absolute residual and the mean level agree between harness and reference
   within 4 standard errors;
@@ -53,15 +54,38 @@ def _ref(images_nchw, name, severity, seed=0):
     return out.transpose(0, 3, 1, 2)
 
 
+# Deterministic corruptions equal the reference value for value, except where floating-point
+# sums are ordered differently (separable convolutions vs scipy/skimage, contrast's mean): a
+# value that lands within rounding of an integer then truncates to the neighbouring level.
+# Measured on the 1,000-image sample, all severities (2026-12-02): worst difference 1 grey level
+# everywhere; share of values off by one at most 5.6e-4 (gaussian_blur s1), 1.6e-4 (contrast s2),
+# 2.5e-5 (zoom_blur s1); every other corruption exact.
+EXACT = {"defocus_blur", "brightness", "pixelate", "jpeg_compression", "saturate"}
+OFF_BY_ONE_SHARE = {"gaussian_blur": 1e-3, "contrast": 3e-4, "zoom_blur": 1e-4}
+
+
+def _check_deterministic(name, images):
+    assert set(DETERMINISTIC) == EXACT | set(OFF_BY_ONE_SHARE)
+    for s in range(1, 6):
+        ours = corrupt(torch.from_numpy(images), name, s).numpy().astype(int)
+        diff = np.abs(ours - _ref(images, name, s).astype(int))
+        if name in EXACT:
+            assert diff.max() == 0, f"{name} s{s}: {(diff > 0).sum()} values differ, worst {diff.max()}"
+        else:
+            assert diff.max() <= 1, f"{name} s{s}: worst difference {diff.max()} grey levels"
+            share = (diff > 0).mean()
+            assert share <= OFF_BY_ONE_SHARE[name], f"{name} s{s}: {share:.2e} of values off by one"
+
+
 @pytest.mark.parametrize("name", DETERMINISTIC)
 def test_deterministic_corruptions_match_the_reference(name, sample):
-    x = sample.images[:200]
-    for s in range(1, 6):
-        ours = corrupt(torch.from_numpy(x), name, s).numpy().astype(int)
-        diff = np.abs(ours - _ref(x, name, s).astype(int))
-        within1 = (diff <= 1).mean()
-        assert within1 >= 0.99, f"{name} s{s}: {100 * within1:.2f} % within 1 grey level"
-        assert (diff == 0).mean() >= 0.99, f"{name} s{s}: {100 * (diff == 0).mean():.2f} % exact"
+    _check_deterministic(name, sample.images[:200])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_deterministic_corruptions_match_the_reference_on_the_whole_sample(name, sample):
+    _check_deterministic(name, sample.images)
 
 
 def _per_image_stats(out, clean):
@@ -146,48 +170,75 @@ def test_frost_accuracy_agrees_with_the_photographs(sample):
 
 
 class _Replay:
-    """Stands in for the reference's np.random.Generator and hands out, in order, the variates
-    the harness drew for one example, so both implementations see the same randomness."""
+    """Stands in for the reference's np.random.Generator. It holds, in the reference's call
+    order, the *standardised* variates the harness drew for one example (N(0, 1), U[0, 1),
+    or integers with the range the harness used) and applies the parameters the reference
+    asks for (loc/scale, low/high): a harness constant that differs from the reference's then
+    gives different images, and an integer range that differs fails here."""
 
-    def __init__(self, values):
-        self.values = list(values)
+    def __init__(self, draws):
+        self.draws = list(draws)
 
-    def _next(self, *args, **kwargs):
-        return self.values.pop(0)
+    def _pop(self, kind, size):
+        got, value, extra = self.draws.pop(0)
+        assert got == kind, f"the reference draws {kind} where the harness drew {got}"
+        assert np.shape(value) == (() if size is None else tuple(np.atleast_1d(size))), \
+            f"{kind}: reference size {size}, harness {np.shape(value)}"
+        return value, extra
 
-    normal = uniform = integers = _next
+    def normal(self, loc=0.0, scale=1.0, size=None):
+        z, _ = self._pop("normal", size)
+        return loc + scale * z
+
+    def uniform(self, low=0.0, high=1.0, size=None):
+        u, _ = self._pop("uniform", size)
+        return low + (high - low) * u
+
+    def integers(self, low, high=None, size=None):
+        value, (lo, hi) = self._pop("integers", size)
+        assert (lo, hi) == (low, high), f"harness draws integers in [{lo}, {hi}), reference [{low}, {high})"
+        return value
 
 
 def _harness_draws(name, severity, index, seed=0):
-    """The variates the harness draws for example ``index``, shaped as the reference's calls."""
+    """The variates the harness draws for example ``index``, standardised, shaped and ordered
+    as the reference's calls: ``(kind, value, integer range or None)``."""
     from harness.corruptions._rng import ExampleRNG
 
-    c = CORRUPTIONS.get(name).params[severity - 1]
     rng = ExampleRNG(seed, name, severity, [index])
+
+    def std_normal(*shape):
+        return ("normal", rng.normal(*shape)[0].numpy(), None)
+
+    def std_uniform(*shape):
+        u = rng.uniform(*shape)[0]
+        return ("uniform", u.numpy() if shape else float(u), None)
+
     if name in ("gaussian_noise", "speckle_noise"):
-        return [rng.normal(3, 32, 32, scale=c)[0].numpy().transpose(1, 2, 0)]
+        kind, z, _ = std_normal(3, 32, 32)
+        return [(kind, z.transpose(1, 2, 0), None)]
     if name == "glass_blur":
-        return list(rng.integers(-c[1], c[1], c[2], 30, 30, 2)[0].numpy().reshape(-1, 2))
+        # the harness's own integer range, from the function's parameters
+        delta = CORRUPTIONS.get(name).params[severity - 1][1]
+        iters = CORRUPTIONS.get(name).params[severity - 1][2]
+        offs = rng.integers(-delta, delta, iters, 30, 30, 2)[0].numpy().reshape(-1, 2)
+        return [("integers", o, (-delta, delta)) for o in offs]
     if name == "motion_blur":
-        return [float(rng.uniform(low=-45.0, high=45.0)[0])]
+        return [std_uniform()]
     if name == "snow":
-        layer = rng.normal(32, 32, loc=c[0], scale=c[1])[0].numpy()
-        return [layer, float(rng.uniform(low=-135.0, high=-45.0)[0])]
+        return [std_normal(32, 32), std_uniform()]
     if name == "spatter":
-        return [rng.normal(32, 32, loc=c[0], scale=c[1])[0].numpy()]
+        return [std_normal(32, 32)]
     if name == "fog":
         sides = [32 // step for step in (32, 16, 8, 4, 2) for _ in range(3)]
-        u = rng.uniform(sum(k * k for k in sides), low=-1.0, high=1.0)[0].numpy()
-        out, pos, wibble = [], 0, 100.0
-        for i, k in enumerate(sides):
-            out.append(wibble * u[pos:pos + k * k].reshape(k, k))
+        u = rng.uniform(sum(k * k for k in sides))[0].numpy()
+        out, pos = [], 0
+        for k in sides:
+            out.append(("uniform", u[pos:pos + k * k].reshape(k, k), None))
             pos += k * k
-            if i % 3 == 2:
-                wibble /= c[1]
         return out
     if name == "elastic_transform":
-        jitter = rng.uniform(3, 2, low=-c[2], high=c[2])[0].to(torch.float32).numpy()
-        return [jitter] + [rng.uniform(32, 32, low=-1.0, high=1.0)[0].numpy() for _ in range(2)]
+        return [std_uniform(3, 2), std_uniform(32, 32), std_uniform(32, 32)]
     raise KeyError(name)
 
 
@@ -195,27 +246,69 @@ REPLAYED = ["gaussian_noise", "speckle_noise", "glass_blur", "motion_blur", "sno
             "spatter", "elastic_transform"]
 
 
+def _replay_agreement(name, severity, x, idx, corruption=None):
+    """Share of values within one grey level between the harness (``corruption``: the
+    registered one by default) and the reference fed the harness's variates (elastic: away
+    from the border, see below)."""
+    if corruption is None:
+        ours = corrupt(torch.from_numpy(x), name, severity, seed=0, indices=idx)
+    else:
+        from harness.corruptions._rng import ExampleRNG
+
+        ours = corruption(torch.from_numpy(x), severity, ExampleRNG(0, name, severity, idx))
+    ours = ours.numpy().astype(int)
+    theirs = np.empty_like(x)
+    for i in range(len(x)):
+        replay = _Replay(_harness_draws(name, severity, int(idx[i])))
+        theirs[i] = ref.corrupt_image(x[i].transpose(1, 2, 0), name, severity, replay).transpose(2, 0, 1)
+        assert not replay.draws, "the reference drew fewer variates than the harness"
+    diff = np.abs(ours - theirs.astype(int))
+    if name == "elastic_transform":
+        diff = diff[..., 6:26, 6:26]
+    return (diff <= 1).mean()
+
+
 @pytest.mark.parametrize("name", REPLAYED)
 def test_random_corruptions_equal_the_reference_given_the_same_draws(name, sample):
     """Beyond distributions: fed the harness's own variates, the per-image reference produces
-    the same images. Elastic follows the libraries of 2019 where they changed since: scipy's
+    the same images: the harness's draws, standardised, with the reference's own parameters
+    applied (a wrong harness constant fails, see the test after this one). Elastic follows the libraries of 2019 where they changed since: scipy's
     border rule (ops.legacy_reflect), so it is compared away from the border, and OpenCV 3's
     1/32-pixel warpAffine coordinates, which today's OpenCV computes exactly (measured: with
     exact coordinates the interior agrees on 100.000 % of values, with the 1/32 grid on
     99.55-99.94 % within one level)."""
     x, idx = sample.images[:100], sample.indices[:100]
+    bar = 0.995 if name == "elastic_transform" else 0.999
     for s in range(1, 6):
-        ours = corrupt(torch.from_numpy(x), name, s, seed=0, indices=idx).numpy().astype(int)
-        theirs = np.empty_like(x)
-        for i in range(len(x)):
-            replay = _Replay(_harness_draws(name, s, int(idx[i])))
-            theirs[i] = ref.corrupt_image(x[i].transpose(1, 2, 0), name, s, replay).transpose(2, 0, 1)
-            assert not replay.values, "the reference drew fewer variates than the harness"
-        diff = np.abs(ours - theirs.astype(int))
-        bar = 0.999
-        if name == "elastic_transform":
-            diff, bar = diff[..., 6:26, 6:26], 0.995
-        assert (diff <= 1).mean() >= bar, f"{name} s{s}: {100 * (diff <= 1).mean():.3f} % within 1"
+        within1 = _replay_agreement(name, s, x, idx)
+        assert within1 >= bar, f"{name} s{s}: {100 * within1:.3f} % within 1"
+
+
+@pytest.mark.parametrize("name, index, factor", [("gaussian_noise", 0, 1.05), ("snow", 0, 1.1),
+                                                  ("fog", 1, 0.9), ("elastic_transform", 2, 1.2),
+                                                  ("spatter", 1, 1.1)])
+def test_the_replay_catches_a_wrong_harness_constant(name, index, factor, sample):
+    """The replay applies the reference's own loc/scale/low/high to the harness's standardised
+    draws, so a harness whose constant is off (here one parameter of severity 5 scaled by
+    ``factor``) no longer reproduces the reference, while the same path with the registered
+    constants does."""
+    import dataclasses
+
+    corruption = CORRUPTIONS.get(name)
+    params = list(corruption.params)
+    last = params[4]
+    params[4] = (last * factor if not isinstance(last, tuple)
+                 else tuple(v * factor if i == index else v for i, v in enumerate(last)))
+    wrong = dataclasses.replace(corruption, params=tuple(params))
+    x, idx = sample.images[:20], sample.indices[:20]
+    assert _replay_agreement(name, 5, x, idx, corruption) >= 0.995
+    assert _replay_agreement(name, 5, x, idx, wrong) < 0.99
+
+
+def test_the_replay_refuses_a_different_integer_range():
+    replay = _Replay([("integers", np.array([0, 1]), (-1, 1))])
+    with pytest.raises(AssertionError, match="integers in"):
+        replay.integers(-2, 2, size=(2,))
 
 
 def test_legacy_reflect_border_rule():

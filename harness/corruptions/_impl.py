@@ -13,13 +13,13 @@ rounded to it at the same points.
 
 from __future__ import annotations
 
+import warnings
 from functools import cache
 
 import numpy as np
 import torch
 
 from harness.corruptions import _ops as ops
-from harness.corruptions._jpeg import jpeg_roundtrip
 from harness.corruptions._rng import ExampleRNG
 from harness.corruptions._spatter import water_mask
 
@@ -398,4 +398,18 @@ def pixelate(x_u8, c, rng=None):
 
 
 def jpeg_compression(x_u8, c, rng=None):
-    return jpeg_roundtrip(x_u8, c)
+    """PIL's ``save(format="JPEG", quality=c)`` round trip, through torchvision.io's libjpeg
+    (the same baseline encoder and decoder: bit-identical images, about 6x faster than PIL
+    image by image and 50x faster than the earlier hand-written torch JPEG). It runs on the
+    CPU whatever the device: nvJPEG on CUDA rounds differently from libjpeg."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    cpu = x_u8.detach().to("cpu", torch.uint8).contiguous()
+    if len(cpu) == 0:
+        return x_u8.clone()
+    with warnings.catch_warnings():
+        # torchvision 0.29 marks its image codecs deprecated in favour of TorchCodec (not a
+        # dependency here); they work, and tests check them bit-exact against PIL.
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="torchvision")
+        decoded = decode_jpeg(encode_jpeg(list(cpu), quality=int(c)))
+    return torch.stack(decoded).to(x_u8.device)
