@@ -213,6 +213,12 @@ def cmd_run(args) -> int:
     console.print(table)
     for item in plan.suite.tables(outcomes, references):
         console.print(item if isinstance(item, str) else _rich_table(item))
+    for o in outcomes:
+        bad = int(o.summary["n_nonfinite"].sum()) if "n_nonfinite" in o.summary else 0
+        if bad:
+            console.print(f"warning: {o.spec.model} gave non-finite logits (NaN/Inf) on {bad} "
+                          f"of {int(o.summary['n'].sum())} evaluations; counted wrong, stored "
+                          f"with pred -1 (harness show {o.run_id[:12]} --examples)")
     return 0
 
 

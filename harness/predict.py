@@ -11,12 +11,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from harness.records import NO_PREDICTION
+
 
 def predict(model, images_u8: torch.Tensor, labels: torch.Tensor, *, device: str, dtype,
             batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(pred, loss) for uint8 images, batched under inference mode; one host sync at the end.
 
     Images are converted to ``dtype`` in [0, 1] and channels_last per batch on the device.
+    An example whose logits are not all finite (NaN or +-Inf, e.g. an overflow in float16)
+    has no prediction: ``pred`` is :data:`~harness.records.NO_PREDICTION` (never a label, so
+    never counted correct) and ``loss`` is NaN. ``argmax`` alone would pick a NaN's index.
     """
     dtype = dtype or torch.float32
     preds, losses = [], []
@@ -26,6 +31,8 @@ def predict(model, images_u8: torch.Tensor, labels: torch.Tensor, *, device: str
             xb = xb.contiguous(memory_format=torch.channels_last)
             logits = model(xb).float()
             yb = yb.to(device, non_blocking=True)
-            preds.append(logits.argmax(1))
-            losses.append(F.cross_entropy(logits, yb, reduction="none"))
+            finite = torch.isfinite(logits).all(1)
+            preds.append(torch.where(finite, logits.argmax(1), NO_PREDICTION))
+            loss = F.cross_entropy(logits, yb, reduction="none")
+            losses.append(torch.where(finite, loss, torch.nan))
     return torch.cat(preds).cpu(), torch.cat(losses).cpu()

@@ -22,6 +22,9 @@ import numpy as np
 SCHEMA_VERSION = 2
 # Columns every per-example record has; a suite's own fields must use other names.
 CORE_COLUMNS = ("example", "label", "pred", "correct", "loss")
+# ``pred`` of an example whose logits were not all finite (NaN or +-Inf): it is counted wrong,
+# its loss is NaN, and summaries count such examples (``n_nonfinite``).
+NO_PREDICTION = -1
 
 
 def canonical_json(obj: Any) -> str:
@@ -85,7 +88,8 @@ class ExampleResult:
     """The outcome for one example under one condition.
 
     ``example`` is the position in the evaluated split (the bundled sample maps it back to the
-    official test index through ``ImageSet.indices``).
+    official test index through ``ImageSet.indices``); ``pred`` is :data:`NO_PREDICTION` where
+    the model's logits were not finite.
     """
 
     example: int

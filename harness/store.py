@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import HarnessError
-from harness.records import SCHEMA_VERSION, RunSpec, ShardResult, canonical_json
+from harness.records import NO_PREDICTION, SCHEMA_VERSION, RunSpec, ShardResult, canonical_json
 
 DEFAULT_PATH = "harness-results.sqlite"
 APPLICATION_ID = 0x48524E53  # "HRNS": marks the file as a harness store
@@ -371,23 +371,27 @@ class Store:
         return matches[0]
 
     def condition_summary(self, run_id: str):
-        """Per-condition counts of a run's latest execution, from the shard rows (pandas).
+        """Per-condition counts of a run's latest execution (pandas).
 
-        Columns: one per condition key (e.g. ``condition``), then n, n_correct, accuracy.
+        Columns: one per condition key (e.g. ``condition``), then n, n_correct, accuracy and
+        n_nonfinite (examples whose logits were not finite: no prediction, counted wrong).
         """
         import pandas as pd  # lazy: `harness --help` loads this module (via the suites)
 
         rows = self._conn.execute(
-            f"""SELECT s.condition_json, SUM(s.n), SUM(s.n_correct), MIN(s.start)
+            f"""SELECT s.condition_json, SUM(s.n), SUM(s.n_correct), MIN(s.start),
+                       SUM((SELECT COUNT(*) FROM examples x WHERE x.exec_id = s.exec_id
+                            AND x.shard_key = s.shard_key AND x.pred = ?))
                 FROM ({self._LATEST}) l JOIN shards s ON s.exec_id = l.exec_id
                 WHERE l.run_id = ? GROUP BY s.condition_json ORDER BY MIN(s.start), s.condition_json
-            """, (run_id,)).fetchall()
+            """, (NO_PREDICTION, run_id)).fetchall()
         conds = [json.loads(r[0]) for r in rows]
         keys = sorted({k for c in conds for k in c})
-        df = pd.DataFrame([{**{k: c.get(k) for k in keys}, "n": r[1], "n_correct": r[2]}
-                           for c, r in zip(conds, rows)], columns=[*keys, "n", "n_correct"])
+        df = pd.DataFrame([{**{k: c.get(k) for k in keys}, "n": r[1], "n_correct": r[2],
+                            "n_nonfinite": r[4]} for c, r in zip(conds, rows)],
+                          columns=[*keys, "n", "n_correct", "n_nonfinite"])
         df["accuracy"] = df["n_correct"] / df["n"]
-        return df
+        return df[[*keys, "n", "n_correct", "accuracy", "n_nonfinite"]]
 
     def _where_runs(self, run_ids: Iterable[str] | None) -> tuple[str, list[Any]]:
         if run_ids is None:

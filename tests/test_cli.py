@@ -275,6 +275,70 @@ def wrong_rank():
 """
 
 
+NONFINITE_FILE = """
+import torch
+from torch import nn
+
+
+class SometimesNaN(nn.Module):
+    # A real (fixed random linear) classifier on channel means whose logits are all NaN where
+    # the top-left red pixel is >= 128 and +Inf at class 3 where the top-left green pixel is
+    # <= 25 (a plain argmax would call these class 0 and class 3).
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("w", torch.randn(3, 10, generator=g))
+
+    def forward(self, x):
+        logits = x.mean((2, 3)) @ self.w
+        nan = (x[:, 0, 0, 0] > 0.5)[:, None]
+        logits = torch.where(nan, torch.full_like(logits, float("nan")), logits)
+        inf = (x[:, 1, 0, 0] < 0.1)[:, None] & (torch.arange(10, device=x.device) == 3)
+        return torch.where(inf, torch.full_like(logits, float("inf")), logits)
+
+
+def model():
+    return SometimesNaN()
+"""
+
+
+def test_non_finite_logits_are_flagged_not_counted_and_the_run_goes_on(tmp_path):
+    from harness.data import load_cifar10_arrays
+    from harness.store import Store
+
+    (tmp_path / "nan.py").write_text(NONFINITE_FILE)
+    store = tmp_path / "s.sqlite"
+    proc = run_cli("run", "--suite", "clean", "--n", "600", "--shard-size", "200", "--store",
+                   str(store), "--model", f"{tmp_path / 'nan.py'}:model")
+    assert proc.returncode == 0, proc.stderr
+    # expected from the pixels alone (the data the run read: $HARNESS_DATA or the sample)
+    data = load_cifar10_arrays("test")
+    images, labels = data.images[:600], data.labels[:600]
+    nan, inf = images[:, 0, 0, 0] >= 128, images[:, 1, 0, 0] <= 25
+    bad = nan | inf
+    assert 0 < bad.sum() < 600
+    # a plain argmax would have counted some of these correct (class 0 for an all-NaN row,
+    # class 3 for the +Inf rows)
+    assert (nan & (labels == 0)).any() and (inf & ~nan & (labels == 3)).any()
+    with Store(store, readonly=True) as st:
+        frame = st.to_frame()
+        (run,) = st.runs()
+        summary = st.condition_summary(run["run_id"])
+    assert len(frame) == 600 and frame["example"].tolist() == list(range(600))
+    flagged = frame["pred"].to_numpy() == -1
+    assert (flagged == bad).all()
+    assert not frame["correct"][flagged].any() and frame["loss"][flagged].isna().all()
+    assert frame["loss"][~flagged].notna().all()
+    assert int(summary["n_nonfinite"].sum()) == int(bad.sum())
+    assert int(summary["n_correct"].sum()) == int(frame["correct"].sum())
+    assert f"non-finite logits (NaN/Inf) on {int(bad.sum())} of 600 evaluations" in proc.stdout
+    shown = run_cli("show", run["run_id"][:12], "--store", str(store), "--format", "json")
+    assert shown.returncode == 0, shown.stderr
+    rows = json.loads(shown.stdout)["rows"]
+    assert sum(r["n_nonfinite"] for r in rows) == int(bad.sum())
+
+
 def test_broken_user_models_exit_2_before_the_store(tmp_path):
     (tmp_path / "broken.py").write_text(BROKEN_FILE)
     store = tmp_path / "s.sqlite"

@@ -272,8 +272,9 @@ def _replay_agreement(name, severity, x, idx, corruption=None):
 def test_random_corruptions_equal_the_reference_given_the_same_draws(name, sample):
     """Beyond distributions: fed the harness's own variates, the per-image reference produces
     the same images: the harness's draws, standardised, with the reference's own parameters
-    applied (a wrong harness constant fails, see the test after this one). Elastic follows the libraries of 2019 where they changed since: scipy's
-    border rule (ops.legacy_reflect), so it is compared away from the border, and OpenCV 3's
+    applied (a wrong harness constant fails, see the test after this one). Elastic follows
+    the libraries of 2019 where they changed since: scipy's border rule
+    (ops.legacy_reflect), so it is compared away from the border, and OpenCV 3's
     1/32-pixel warpAffine coordinates, which today's OpenCV computes exactly (measured: with
     exact coordinates the interior agrees on 100.000 % of values, with the 1/32 grid on
     99.55-99.94 % within one level)."""

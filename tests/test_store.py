@@ -71,7 +71,7 @@ def test_round_trip_and_resume(tmp_path):
         assert run["sessions"] == [{"pid": 1}, {"pid": 2}]
         summary = st.condition_summary(run["run_id"])
         assert summary.to_dict("records") == [
-            {"condition": "clean", "n": 4, "n_correct": 2, "accuracy": 0.5}]
+            {"condition": "clean", "n": 4, "n_correct": 2, "accuracy": 0.5, "n_nonfinite": 0}]
         assert st.find_run(run["run_id"][:6])["run_id"] == run["run_id"]
     con = sqlite3.connect(path)
     assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
