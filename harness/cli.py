@@ -191,17 +191,18 @@ def cmd_run(args) -> int:
     # needs them, so `harness --help` stays fast.
     from harness.executor import execute
     from harness.plan import plan_run
-    from harness.store import Store
+    from harness.store import Store, check_writable
 
     started = time.perf_counter()
     options = {k[len("opt_"):]: v for k, v in vars(args).items() if k.startswith("opt_")}
+    store_path = args.store or _default_store()
+    check_writable(store_path)   # before minutes of model loading, not after
     # Every check (suite, options, data, models, probes) happens before the store is opened:
     # a bad input must not leave a new store behind.
     plan = plan_run(suite=args.suite, models=args.model or (), data_dir=args.data_dir, n=args.n,
                     seed=args.seed, device=args.device, dtype=args.dtype,
                     batch_size=args.batch_size, shard_size=args.shard_size, options=options,
                     weights=args.weights, weights_dir=args.weights_dir)
-    store_path = args.store or _default_store()
     references = plan.suite.references(store_path, plan)   # read-only, before any write
     err = _console(stderr=True)
     with Store(store_path) as store:

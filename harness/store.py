@@ -147,6 +147,50 @@ class Writer:
     complete: bool
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Raise :class:`HarnessError` when a store at ``path`` could not be written: a read-only
+    file, or a folder where SQLite cannot create its -wal and -shm files (or that does not
+    exist). Cheap; the CLI calls it before loading models, :class:`Store` on opening."""
+    name = str(path)
+    if not name or name == ":memory:":
+        return
+    file = Path(name).expanduser()
+    if file.is_dir():
+        raise HarnessError(f"store {name!r} is a directory; give a file path")
+    if not file.parent.is_dir():
+        raise HarnessError(f"--store: directory {str(file.parent)!r} does not exist")
+    if file.exists() and not os.access(file, os.W_OK):
+        raise HarnessError(f"store {name!r} is read-only; give a writable --store "
+                           f"(`harness ls` and `show` can still read it)")
+    if not os.access(file.parent, os.W_OK | os.X_OK):
+        raise HarnessError(f"store {name!r}: folder {str(file.parent)!r} is not writable (SQLite "
+                           f"keeps its journal next to the store); give a writable --store")
+
+
+def _connect(name: str, file: Path, *, readonly: bool, memory: bool) -> sqlite3.Connection:
+    """Open the SQLite connection. Read-only opens use ``mode=ro``; a WAL-mode store whose file
+    or folder we cannot write (SQLite could not create its -shm index there) is then opened as
+    ``immutable``, which is exact only when no write-ahead log is pending, so a pending one is
+    an error rather than a silently older view."""
+    if memory or not readonly:
+        return sqlite3.connect(name if memory else str(file), timeout=30, isolation_level=None)
+    uri = file.resolve().as_uri()
+    conn = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=30, isolation_level=None)
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return conn
+    except sqlite3.OperationalError as exc:
+        conn.close()
+        wal = Path(str(file) + "-wal")
+        if os.access(file, os.W_OK) and os.access(file.parent, os.W_OK | os.X_OK):
+            raise
+        if wal.exists() and wal.stat().st_size > 0:
+            raise HarnessError(f"store {name!r} cannot be read: it has unmerged writes in "
+                               f"{wal.name} and is not writable by this user ({exc})") from None
+        return sqlite3.connect(uri + "?immutable=1", uri=True, timeout=30,
+                               isolation_level=None)
+
+
 class Store:
     """An append-only SQLite results store.
 
@@ -168,17 +212,16 @@ class Store:
             raise HarnessError(f"store {self.path!r} is a directory; give a file path")
         if readonly and not memory and not file.is_file():
             raise HarnessError(f"store {self.path!r} does not exist")
-        if not readonly and not memory and not file.parent.is_dir():
-            raise HarnessError(f"--store: directory {str(file.parent)!r} does not exist")
+        if not readonly and not memory:
+            check_writable(self.path)
         try:
-            if readonly and not memory:
-                target, uri = file.resolve().as_uri() + "?mode=ro", True
-            else:
-                target, uri = (self.path if memory else str(file)), False
-            self._conn = sqlite3.connect(target, uri=uri, timeout=30, isolation_level=None)
+            self._conn = _connect(self.path, file, readonly=readonly, memory=memory)
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._check_and_init(readonly)
         except sqlite3.DatabaseError as exc:
+            if "readonly" in str(exc):
+                raise HarnessError(f"store {self.path!r} is read-only ({exc}); give a writable "
+                                   f"--store") from None
             raise HarnessError(f"store {self.path!r} is not a harness results database: "
                                f"{exc}") from None
 

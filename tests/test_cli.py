@@ -124,6 +124,72 @@ def test_not_a_store_is_left_alone(tmp_path, ckpt):
     assert junk.read_text() == "hello"
 
 
+def _file_modes_apply():
+    """A ``preexec_fn`` under which file modes apply to a child process: as root (which
+    otherwise writes read-only files) it drops CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and
+    CAP_FOWNER from the bounding set, so the child runs as root without them; None when
+    not root."""
+    import ctypes
+    import os
+
+    if os.geteuid() != 0:
+        return None
+
+    def drop():
+        libc = ctypes.CDLL(None, use_errno=True)
+        for cap in (1, 2, 3):                      # DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER
+            if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+    return drop
+
+
+def test_read_only_store_file_or_folder_exit_2_and_stay_intact(tmp_path):
+    import hashlib
+    import shutil
+    import subprocess
+
+    drop, root = _file_modes_apply(), tmp_path
+    try:
+        writable = root / "w"
+        writable.mkdir()
+        store = writable / "s.sqlite"
+        from conftest import run_suite
+        from harness.store import Store
+
+        with Store(store) as st:
+            run_suite(model="resnet8", store=st, suite="clean", n=50)
+        frozen_file = root / "ro-file"
+        frozen_dir = root / "ro-dir"
+        for d in (frozen_file, frozen_dir):
+            d.mkdir()
+            shutil.copy(store, d / "s.sqlite")
+        (frozen_file / "s.sqlite").chmod(0o444)
+        frozen_file.chmod(0o777)      # the folder is writable, the file is not
+        (frozen_dir / "s.sqlite").chmod(0o644)
+        frozen_dir.chmod(0o555)       # nothing can be created in the folder
+        digest = {p: hashlib.sha256(p.read_bytes()).hexdigest()
+                  for p in (frozen_file / "s.sqlite", frozen_dir / "s.sqlite")}
+
+        def cli(*args):
+            return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True,
+                                  text=True, cwd=root, preexec_fn=drop, timeout=300)
+
+        base = ("run", "--suite", "clean", "--n", "50", "--store")
+        one_line_error(cli(*base, str(frozen_file / "s.sqlite")), r"is read-only")
+        one_line_error(cli(*base, str(frozen_dir / "s.sqlite")), r"folder .* is not writable")
+        one_line_error(cli(*base, str(frozen_dir / "new.sqlite")), r"folder .* is not writable")
+        assert not (frozen_dir / "new.sqlite").exists()
+        for path in digest:   # reading still works, and nothing changed
+            listing = cli("ls", "runs", "--store", str(path))
+            assert listing.returncode == 0, listing.stderr
+            assert "clean" in listing.stdout and "complete" in listing.stdout
+            assert hashlib.sha256(path.read_bytes()).hexdigest() == digest[path]
+    finally:
+        for d in root.glob("ro-*"):
+            d.chmod(0o755)
+
+
 @pytest.mark.slow
 def test_run_resume_ls_show(tmp_path, ckpt):
     store = str(tmp_path / "s.sqlite")
