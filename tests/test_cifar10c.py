@@ -329,3 +329,51 @@ def test_relative_mce_lists_corruptions_it_cannot_normalise():
     m = mce(_summary(run), _summary(base))
     assert m["relative_excluded"] == ["brightness"]
     assert m["relative_mce"] == pytest.approx(100 * (30 - 10) / (40 - 20))
+
+
+def _labels(dtype=np.uint8):
+    return np.tile(np.arange(10), 5 * 1000).astype(dtype)   # 10,000 test labels x 5 severities
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.where(_labels() == 9, 10, _labels()).astype(np.uint8), r"labels must be integers 0\.\.9"),
+    (np.where(_labels() == 0, -1, _labels()).astype(np.int64), r"labels must be integers 0\.\.9"),
+    (_labels(np.float32), r"labels must be integers 0\.\.9"),
+    (_labels()[:, None], r"labels\.npy has shape \(50000, 1\)"),
+    (np.concatenate([_labels()[:10000], np.roll(_labels()[10000:], 1)]), r"severity blocks differ"),
+])
+def test_bad_released_labels_are_refused(tmp_path, labels, message):
+    from harness.data._cifar10c import ReleasedC
+    from harness.errors import HarnessError
+
+    np.save(tmp_path / "labels.npy", labels)
+    with pytest.raises(HarnessError, match=message):
+        ReleasedC(tmp_path)
+
+
+@pytest.mark.parametrize("dtype, shape", [(np.float32, (50000, 32, 32, 3)),
+                                          (np.uint8, (50000, 3, 32, 32)),
+                                          (np.uint8, (10000, 32, 32, 3))])
+def test_released_images_of_the_wrong_dtype_or_shape_are_refused(tmp_path, dtype, shape):
+    from harness.data._cifar10c import ReleasedC
+    from harness.errors import HarnessError
+
+    np.save(tmp_path / "labels.npy", _labels())
+    # sparse files: the header is what is checked, no 600 MB written
+    np.lib.format.open_memmap(tmp_path / "fog.npy", mode="w+", dtype=dtype, shape=shape).flush()
+    data = ReleasedC(tmp_path)
+    with pytest.raises(HarnessError, match=r"fog\.npy has shape .* expected \(50000, 32, 32, 3\) uint8"):
+        data.check(["fog"])
+
+
+def test_wrong_released_images_exit_2_before_the_store(tmp_path):
+    root = tmp_path / "data" / "CIFAR-10-C"
+    root.mkdir(parents=True)
+    np.save(root / "labels.npy", _labels())
+    np.lib.format.open_memmap(root / "fog.npy", mode="w+", dtype=np.float32,
+                              shape=(50000, 32, 32, 3)).flush()
+    store = tmp_path / "s.sqlite"
+    proc = run_cli("run", "--suite", "cifar10c", "--data-dir", str(root.parent), "--source",
+                   "released", "--corruptions", "fog", "--model", "resnet8", "--store", str(store))
+    one_line_error(proc, r"fog\.npy has shape \(50000, 32, 32, 3\) float32; expected .* uint8")
+    assert not store.exists()
