@@ -7,15 +7,23 @@ the mean of its two passes, so slow phases of the VM hit both sides). The refere
 tests/reference/cifar_c_ref.py: make_cifar_c.py's recipe one image at a time with numpy, scipy,
 scikit-image, OpenCV and PIL (needs the dev extra). Frost needs the photographs for the
 reference: pass --frost-dir (the folder with frost1.png ... frost5.jpg of hendrycks/robustness);
-without it frost is left out on both sides. Prints per-corruption times and the overall ratio
-reference / harness (goal >= 10).
+without it frost is left out on both sides. Prints, per corruption, the harness time, the
+reference time and their ratio reference / harness; the overall ratio (goal >= 10); the overall
+ratio without glass_blur (the reference's per-pixel Python loop, about half its time) and without
+the harness's own slowest corruption; the spread of the per-corruption ratios; and a warning
+when the two harness passes differ by more than 30 % (a busy machine: rerun).
 
 Usage: python benchmarks/bench_corruptions.py [--n N] [--threads T] [--frost-dir DIR]
        [--corruptions a,b,...] [--device cpu|cuda]
-Measured 2026-11-29 on the 2-vCPU dev VM (torch 2.14.1, CPU, 2 threads, with --frost-dir):
-10.5x (4.45 s vs 46.89 s) and 10.9x (4.07 s vs 44.44 s); per-example Poisson draws of
-shot_noise (~0.65 s) are the largest harness share, glass_blur's per-pixel loop (~26 s) the
-reference's.
+Measured 2026-12-02 on the 2-core dev VM (CPU, 2 torch threads, without --frost-dir, so 14
+corruptions; jpeg_compression through torchvision.io), two runs: overall 12.2x (4.57 s vs
+55.90 s) and 12.6x (4.49 s vs 56.48 s); without glass_blur 6.0x and 6.2x (glass_blur alone
+103x-117x, 54 % of the reference time); without the harness's slowest (shot_noise) 14.2x and
+14.6x. Per corruption the ratio spreads from 1.1x-1.6x (shot_noise, gaussian_noise,
+impulse_noise, pixelate) over a median of 3.9x-4.3x to 59x (zoom_blur) and 103x-117x
+(glass_blur): only those two reach 10x, and the overall goal is met because of them. Two
+earlier runs while the machine ran other jobs had harness passes of 5.1 s / 32.1 s and
+33.1 s / 13.4 s and printed 3.1x and 2.4x; such runs now print a warning.
 """
 
 from __future__ import annotations
@@ -87,16 +95,38 @@ def main() -> None:
     second = harness_pass(x, indices, names, args.device)
     print(f"{len(images)} images x {len(names)} corruptions x 5 severities, "
           f"{torch.get_num_threads()} torch threads, device {args.device}")
-    print(f"{'corruption':18s} {'harness s':>10s} {'reference s':>12s} {'ratio':>7s}")
+    harness = {name: (first[name] + second[name]) / 2 for name in names}
+    ratios = {name: reference[name] / harness[name] for name in names}
+    w = max(len("without ") + max(len(n) for n in names), 18)
+    print(f"{'corruption':{w}s} {'harness s':>10s} {'reference s':>12s} {'ratio':>7s}")
     for name in names:
-        h = (first[name] + second[name]) / 2
-        print(f"{name:18s} {h:10.2f} {reference[name]:12.2f} {reference[name] / h:7.1f}")
-    h_total = (sum(first.values()) + sum(second.values())) / 2
-    r_total = sum(reference.values())
-    print(f"{'total':18s} {h_total:10.2f} {r_total:12.2f} {r_total / h_total:7.1f}")
-    print(f"harness passes: {sum(first.values()):.2f} s and {sum(second.values()):.2f} s")
-    print(f"ratio reference / harness: {r_total / h_total:.1f}x (goal >= 10)")
+        print(f"{name:{w}s} {harness[name]:10.2f} {reference[name]:12.2f} {ratios[name]:7.1f}")
 
+    def overall(label: str, keep) -> None:
+        h, r = sum(harness[n] for n in keep), sum(reference[n] for n in keep)
+        print(f"{label:{w}s} {h:10.2f} {r:12.2f} {r / h:7.1f}")
+
+    overall("total", names)
+    if "glass_blur" in names:
+        overall("without glass_blur", [n for n in names if n != "glass_blur"])
+    slowest = max(names, key=harness.get)
+    overall(f"without {slowest}", [n for n in names if n != slowest])
+    ordered = sorted(ratios.values())
+    print(f"per-corruption ratios: min {ordered[0]:.1f}x ({min(ratios, key=ratios.get)}), median "
+          f"{ordered[len(ordered) // 2]:.1f}x, max {ordered[-1]:.1f}x ({max(ratios, key=ratios.get)}); "
+          f"{sum(r >= 10 for r in ordered)} of {len(ordered)} at >= 10x")
+    p1, p2 = sum(first.values()), sum(second.values())
+    print(f"harness passes: {p1:.2f} s and {p2:.2f} s (slowest harness corruption: {slowest})")
+    if max(p1, p2) > 1.3 * min(p1, p2):
+        print("warning: the two harness passes differ by more than 30 %: the machine was busy, "
+              "rerun for a ratio to quote")
+    h_total, r_total = sum(harness.values()), sum(reference.values())
+    print(f"ratio reference / harness: {r_total / h_total:.1f}x (goal >= 10)")
+    if "glass_blur" in names and len(names) > 1:
+        h_ng = h_total - harness["glass_blur"]
+        r_ng = r_total - reference["glass_blur"]
+        print(f"ratio without glass_blur: {r_ng / h_ng:.1f}x "
+              f"(glass_blur is {100 * reference['glass_blur'] / r_total:.0f} % of the reference time)")
 
 if __name__ == "__main__":
     main()
