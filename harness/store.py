@@ -147,6 +147,15 @@ class Writer:
     complete: bool
 
 
+def _file_writable(file: Path) -> bool:
+    return not file.exists() or os.access(file, os.W_OK)
+
+
+def _folder_writable(file: Path) -> bool:
+    """SQLite creates the -wal and -shm files beside the store."""
+    return os.access(file.parent, os.W_OK | os.X_OK)
+
+
 def check_writable(path: str | os.PathLike) -> None:
     """Raise :class:`HarnessError` when a store at ``path`` could not be written: a read-only
     file, or a folder where SQLite cannot create its -wal and -shm files (or that does not
@@ -159,10 +168,10 @@ def check_writable(path: str | os.PathLike) -> None:
         raise HarnessError(f"store {name!r} is a directory; give a file path")
     if not file.parent.is_dir():
         raise HarnessError(f"--store: directory {str(file.parent)!r} does not exist")
-    if file.exists() and not os.access(file, os.W_OK):
+    if not _file_writable(file):
         raise HarnessError(f"store {name!r} is read-only; give a writable --store "
                            f"(`harness ls` and `show` can still read it)")
-    if not os.access(file.parent, os.W_OK | os.X_OK):
+    if not _folder_writable(file):
         raise HarnessError(f"store {name!r}: folder {str(file.parent)!r} is not writable (SQLite "
                            f"keeps its journal next to the store); give a writable --store")
 
@@ -182,8 +191,8 @@ def _connect(name: str, file: Path, *, readonly: bool, memory: bool) -> sqlite3.
     except sqlite3.OperationalError as exc:
         conn.close()
         wal = Path(str(file) + "-wal")
-        if os.access(file, os.W_OK) and os.access(file.parent, os.W_OK | os.X_OK):
-            raise
+        if _file_writable(file) and _folder_writable(file):
+            raise                       # not a permission problem
         if wal.exists() and wal.stat().st_size > 0:
             raise HarnessError(f"store {name!r} cannot be read: it has unmerged writes in "
                                f"{wal.name} and is not writable by this user ({exc})") from None
@@ -208,12 +217,12 @@ class Store:
             raise HarnessError("--store is empty")
         memory = self.path == ":memory:"
         file = Path(self.path).expanduser()
-        if not memory and file.is_dir():
+        if not memory and not readonly:
+            check_writable(self.path)     # also refuses a directory or a missing folder
+        elif not memory and file.is_dir():
             raise HarnessError(f"store {self.path!r} is a directory; give a file path")
-        if readonly and not memory and not file.is_file():
+        elif not memory and not file.is_file():
             raise HarnessError(f"store {self.path!r} does not exist")
-        if not readonly and not memory:
-            check_writable(self.path)
         try:
             self._conn = _connect(self.path, file, readonly=readonly, memory=memory)
             self._conn.execute("PRAGMA foreign_keys=ON")

@@ -219,8 +219,7 @@ def _harness_draws(name, severity, index, seed=0):
         return [(kind, z.transpose(1, 2, 0), None)]
     if name == "glass_blur":
         # the harness's own integer range, from the function's parameters
-        delta = CORRUPTIONS.get(name).params[severity - 1][1]
-        iters = CORRUPTIONS.get(name).params[severity - 1][2]
+        _, delta, iters = CORRUPTIONS.get(name).params[severity - 1]
         offs = rng.integers(-delta, delta, iters, 30, 30, 2)[0].numpy().reshape(-1, 2)
         return [("integers", o, (-delta, delta)) for o in offs]
     if name == "motion_blur":
