@@ -93,7 +93,7 @@ def build_parser(*, suite: str | None = None) -> argparse.ArgumentParser:
     _add_suite_options(run, suite)
 
     ls = sub.add_parser("ls", help="list models, suites, stored runs or RobustBench models")
-    ls.add_argument("what", choices=("models", "suites", "runs", "robustbench"))
+    ls.add_argument("what", choices=("models", "suites", "attacks", "runs", "robustbench"))
     ls.add_argument("pattern", nargs="?", default="*", help="glob filter on names")
     ls.add_argument("--store", default=None, help=STORE_HELP)
 
@@ -311,6 +311,16 @@ def cmd_ls(args) -> int:
                 if fnmatch.fnmatchcase(name, args.pattern):
                     table.add_row(threat, name)
         console.print(table)
+    elif args.what == "attacks":
+        from attacks import ATTACKS
+
+        table = Table(title="attacks (--attacks NAME,...; also torchattacks:NAME for any "
+                            "torchattacks attack)")
+        table.add_column("name")
+        table.add_column("description")
+        for name in ATTACKS.names(args.pattern):
+            table.add_row(name, ATTACKS.meta(name).get("description", ""))
+        console.print(table)
     elif args.what == "suites":
         from harness.suites import SUITES
 
@@ -358,6 +368,7 @@ def cmd_show(args) -> int:
     path = args.store or _default_store()
     with Store(path, readonly=True) as store:
         run = store.find_run(args.run)
+        raised = _raised_flags(store.metrics_frame([run["run_id"]]))
         if args.examples:
             out = store.to_frame([run["run_id"]])
         elif args.metrics:
@@ -389,7 +400,20 @@ def cmd_show(args) -> int:
             table.add_row(*[_pct(v) if col == "accuracy" else str(v)
                             for col, v in zip(out.columns, row)])
         _console().print(table)
+        for line in raised:
+            _console().print(f"[bold red]FLAG[/] {line}")
     return 0
+
+
+def _raised_flags(metrics) -> list[str]:
+    """Lines for the metric records named ``flag`` with a non-zero value (a check a suite
+    stored as violated, e.g. a gradient-masking check), with the same check's ``check`` value."""
+    if not len(metrics) or "name" not in metrics:
+        return []
+    value = {(r.scope, r.index): r.value for r in metrics.itertuples(index=False)
+             if r.name == "check"}
+    return [f"{r.index} ({r.scope}; measured {value.get((r.scope, r.index), float('nan')):.4g})"
+            for r in metrics.itertuples(index=False) if r.name == "flag" and r.value > 0]
 
 
 def cmd_train(args) -> int:

@@ -119,7 +119,9 @@ def plan_run(
         spec = RunSpec(model=lm.name, model_fingerprint=lm.fingerprint, suite=suite_obj.name,
                        params=params, data=data_name, data_fingerprint=data_fp, seed=seed,
                        dtype=dtype, harness_version=__version__)
-        planned.append(PlannedModel(lm, prepare_model(lm, head, device=device, dtype=dtype), spec))
+        module = prepare_model(lm, head, device=device, dtype=dtype)
+        suite_obj.check_model(module, lm.name, head, device=device, dtype=dtype)
+        planned.append(PlannedModel(lm, module, spec))
     return RunPlan(suite=suite_obj, options=opts, data=head, params=params, data_name=data_name,
                    data_fingerprint=data_fp, shards=suite_obj.shards(head, params),
                    models=planned, ctx=EvalContext(params=params, options=opts, seed=seed,

@@ -257,6 +257,11 @@ class Suite:
         """What a run covers, for the summary's header line."""
         return f"n = {params['n']} examples"
 
+    def check_model(self, module, name: str, data, *, device: str, dtype: str) -> None:
+        """Raise :class:`HarnessError` when the prepared ``module`` cannot be evaluated by this
+        suite (called by ``plan_run`` after the probe, before anything is stored; e.g. attack
+        suites need an input gradient). Default: nothing more to check."""
+
     # -- work ----------------------------------------------------------------------------------
     def shards(self, data, params: Mapping[str, Any]) -> list[Shard]:
         """All shards of a run, in execution order."""

@@ -162,6 +162,17 @@ class AttackSuite(Suite):
         return AttackInputs(base.images, base.labels, base.example,
                             seed_ids=data.indices[shard.start:shard.stop])
 
+    def check_model(self, module, name, data, *, device, dtype):
+        """Gradient attacks need the logits to depend differentiably on the input."""
+        import torch
+
+        from attacks.gradients import has_gradient
+
+        x = torch.from_numpy(data.images[:2]).to(device=device, dtype=getattr(torch, dtype))
+        if not has_gradient(module, x.div(255)):
+            raise HarnessError(f"model {name!r} has no gradient with respect to its input: "
+                               f"gradient attacks cannot run on it (suite {self.name!r})")
+
     # -- evaluation ------------------------------------------------------------------------------
     def make(self, name: str, norm: str, eps: float, ctx):
         from attacks import make_attack  # lazy: torch
@@ -241,6 +252,7 @@ class AttackSuite(Suite):
         key = frame["norm"].map({"none": 0, "Linf": 1, "L2": 2}).fillna(3) * 10 + frame["eps"]
         out = frame.iloc[key.argsort(kind="stable")].reset_index(drop=True)
         out.attrs["flags"] = flags(store, run_id)
+        out.attrs["paths"] = path_accuracy(store, run_id, out)
         return out
 
     def headline(self, summary) -> dict[str, float]:
@@ -271,6 +283,21 @@ class AttackSuite(Suite):
                 rows.append([o.spec.model, r.norm, eps_label(r.norm, r.eps), r.accuracy,
                              r.worst_case])
         out: list = []
+        paths = [(o.spec.model, o.summary.attrs.get("paths")) for o in outcomes]
+        prow = []
+        for model, frame in paths:
+            if frame is None or not len(frame):
+                continue
+            for (norm, eps), group in frame.groupby(["norm", "eps"], sort=False):
+                if group["path"].nunique() > 1:
+                    prow += [[model, norm, eps_label(norm, eps), p, a]
+                             for p, a in zip(group["path"], group["accuracy"])]
+        if prow:
+            out.append(Table("robust accuracy % by attack / gradient path",
+                             pd.DataFrame(prow, columns=["model", "norm", "eps", "attack/path",
+                                                         "accuracy"]),
+                             caption="each path attacked every example; the run keeps the worst "
+                                     "per example", percent=["accuracy"]))
         if rows:
             out.append(Table("robust accuracy % per threat",
                              pd.DataFrame(rows, columns=["model", "norm", "eps", "this run",
@@ -324,6 +351,25 @@ def worst_case(store, run_id: str, summary) -> list[float]:
         robust = same.groupby("example")["correct"].all()
         out.append(float(robust.reindex(mine["example"]).mean()) if len(mine) else math.nan)
     return out
+
+
+def path_accuracy(store, run_id: str, summary):
+    """Robust accuracy per threat and attack/gradient path (pandas: norm, eps, path,
+    accuracy), from the ``robust`` metric records; empty when the run has none."""
+    import pandas as pd
+
+    m = store.metrics_frame([run_id])
+    cols = ["norm", "eps", "path", "accuracy"]
+    if not len(m) or "norm" not in m:
+        return pd.DataFrame(columns=cols)
+    m = m[(m["name"] == "robust") & (m["scope"] == "path")]
+    n = summary.set_index(["norm", "eps"])["n"]
+    rows = []
+    for (norm, eps, path), group in m.groupby(["norm", "eps", "index"], sort=False):
+        total = n.get((norm, eps))
+        if total:
+            rows.append([norm, eps, path, float(group["value"].sum()) / float(total)])
+    return pd.DataFrame(rows, columns=cols)
 
 
 def flags(store, run_id: str) -> list[str]:
