@@ -13,6 +13,12 @@ Surrogates (derivatives written out, checked against autograd of ``s`` in the te
 * ``elu``, ``selu``, ``leaky_relu`` (slope 0.01), ``gelu`` (erf), ``silu``, ``mish``.
 
     >>> act = Sugar("bsilu")            # or make_activation("sugar-bsilu", num_channels=C)
+
+Attacks: the surrogate backward is not the derivative of the forward, so a gradient attack
+through it may be misled (gradient masking). ``Sugar`` declares the gradient modes of
+:mod:`attacks.gradients`: ``gradient_mode = "surrogate"`` (default, the training backward) or
+``"exact"`` (plain ``torch.relu`` through autograd: ReLU's true derivative, same values);
+attack suites run both and keep the worse per example.
 """
 
 from __future__ import annotations
@@ -124,9 +130,13 @@ class Sugar(nn.Module):
         self.surrogate = surrogate
         self.alpha = float(SURROGATES[surrogate][1] if alpha is None else alpha)
         self.negative_only = bool(negative_only)
+        self.gradient_mode = "surrogate"
+
+    # Backward passes an attack can choose (attacks.gradients); the forward is ReLU in both.
+    gradient_modes = ("surrogate", "exact")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (torch.is_grad_enabled() and x.requires_grad):
+        if self.gradient_mode == "exact" or not (torch.is_grad_enabled() and x.requires_grad):
             return torch.relu(x)
         return _SugarFn.apply(x, SURROGATES[self.surrogate][0], self.alpha, self.negative_only)
 

@@ -323,7 +323,36 @@ class LCA(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Codes of images ``x`` after ``self.iterations`` iterations from zero."""
-        return self.encode(self.prepare(x)).codes
+        return self.codes(self.prepare(x), lambda s: None, mode=self.gradient_mode)
+
+    # Backward passes an attack can choose (attacks.gradients): autograd through every
+    # unrolled iteration, or BPDA. The codes (forward values) are the same in both.
+    gradient_modes = ("unrolled", "bpda")
+    gradient_mode = "unrolled"
+    # BPDA's approximation: LCA iterations from the detached converged state with the input
+    # attached. K steps truncate the implicit-function gradient (I + G D)^-1 at the fixed point
+    # u* = b(s) - G T(u*) (a Neumann series in (1 - 1/tau)); 5 keeps the backward cheap (5 of
+    # the forward's 20-100 iterations) while pointing where the fixed point moves.
+    bpda_steps = 5
+
+    def codes(self, s: torch.Tensor, start, *, iterations: int | None = None,
+              mode: str = "unrolled") -> torch.Tensor:
+        """Codes of the prepared signal ``s`` from the initial state ``start(s)`` (None: zeros).
+
+        ``mode="unrolled"``: autograd through every iteration. ``mode="bpda"`` (only matters
+        when ``s`` carries a gradient): the codes are computed without autograd and returned
+        with the gradient of :attr:`bpda_steps` iterations restarted from the detached final
+        state (Athalye et al. 2018's BPDA, as a straight-through estimator: the value is
+        exactly the unrolled codes).
+        """
+        if mode == "bpda" and torch.is_grad_enabled() and s.requires_grad:
+            with torch.no_grad():
+                out = self.encode(s, start(s), iterations=iterations)
+            approx = self.encode(s, out.states, iterations=self.bpda_steps).codes
+            return out.codes + (approx - approx.detach())
+        if mode not in self.gradient_modes:
+            raise ValueError(f"gradient mode must be one of {self.gradient_modes}, got {mode!r}")
+        return self.encode(s, start(s), iterations=iterations).codes
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}->{self.features}, kernel={self.kernel_size}, "

@@ -67,8 +67,14 @@ class WarpLCA(nn.Module):
                                iterations=self.iterations if iterations is None else iterations,
                                threshold=threshold, trace=trace)
 
+    # Backward passes an attack can choose (attacks.gradients, see LCA.codes): through the
+    # predictor and the unrolled iterations, or BPDA from the converged state.
+    gradient_modes = ("unrolled", "bpda")
+    gradient_mode = "unrolled"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encode(self.lca.prepare(x)).codes
+        return self.lca.codes(self.lca.prepare(x), self.predict_states,
+                              iterations=self.iterations, mode=self.gradient_mode)
 
     def extra_repr(self) -> str:
         return f"iterations={self.iterations}"
