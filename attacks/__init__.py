@@ -7,6 +7,7 @@ lives in the model), returns an :class:`~attacks.base.AttackResult`, and never i
 (``pgd``, ``autoattack``, ``square``) or as ``torchattacks:NAME``.
 """
 
+from attacks import adapters as _adapters  # noqa: F401  (registers "autoattack", "square")
 from attacks import pgd as _pgd  # noqa: F401  (registers "pgd")
 from attacks.base import ATTACKS, Attack, AttackResult, check_eps, check_norm, make_attack, parse_eps
 from attacks.gradients import gradient_paths, use_gradient

@@ -150,7 +150,6 @@ def _checks(module, tmp_path, name):
         return {r.index: r.value for r in m[m["name"] == "flag"].itertuples()}, run, path
 
 
-@pytest.mark.slow
 def test_masking_checks_fire_on_a_quantised_model_and_stay_silent_on_resnet8(tmp_path):
     raised, run, path = _checks(Quantised(), tmp_path, "quantised")
     assert raised["unbounded"] == 1.0
