@@ -283,32 +283,34 @@ class _Runner:
         return xa.clamp_(0, 1)
 
     def attack(self, state: _State, rows, x0, start, y, goal, eps, name) -> None:
-        """One restart on ``rows`` (indices into the state), from ``x0 + start``."""
+        """One restart on ``rows`` (indices into the state), from ``x0 + start``.
+
+        The working tensors hold only the examples still attacked: with early stop a fooled
+        example is dropped from them (no gather/scatter of the full batch per step); without,
+        it stays and is only masked out of the bookkeeping."""
         xa = (x0 + start).detach()
         live = torch.ones(len(rows), dtype=torch.bool, device=x0.device)
         for t in range(self.steps + 1):
-            idx = live.nonzero()[:, 0] if self.early_stop else torch.arange(len(rows),
-                                                                           device=x0.device)
-            if len(idx) == 0:
-                return
             if t < self.steps:
-                logits, grad = self.gradient(xa[idx], y[idx], goal[idx])
+                logits, grad = self.gradient(xa, y, goal)
             else:
                 with torch.no_grad():
-                    logits = self.logits(xa[idx])
-            hit = self.success(logits, y[idx], goal[idx]) & live[idx]
-            state.mark(rows[idx[hit]], xa[idx[hit]], t, name)
-            live[idx[hit]] = False
+                    logits = self.logits(xa)
+            hit = self.success(logits, y, goal) & live
+            if hit.any():
+                state.mark(rows[hit], xa[hit], t, name)
+                live = live & ~hit
             if t == self.steps:
-                if not self.early_stop:   # never fooled: keep the last iterate
-                    keep = live.nonzero()[:, 0]
-                    state.x_adv[rows[keep]] = xa[keep].detach()
-                else:
-                    state.x_adv[rows[idx[~hit]]] = xa[idx[~hit]].detach()
+                state.x_adv[rows[live]] = xa[live].detach()   # never fooled: the last iterate
                 return
-            moved = self.step(xa[idx], grad, x0[idx], eps[idx], self.alpha(eps[idx], t))
-            xa = xa.clone()
-            xa[idx] = moved.detach()
+            if self.early_stop and not live.all():
+                if not live.any():
+                    return
+                keep = live.nonzero()[:, 0]
+                rows, xa, grad, x0, y, goal, eps = (rows[keep], xa[keep], grad[keep], x0[keep],
+                                                    y[keep], goal[keep], eps[keep])
+                live = live[keep]
+            xa = self.step(xa, grad, x0, eps, self.alpha(eps, t)).detach()
 
 
 @ATTACKS.register("pgd", description="the harness's batched PGD (Linf/L2, CE/DLR/margin, "

@@ -16,7 +16,8 @@ from harness.records import NO_PREDICTION
 
 def predict(model, images_u8: torch.Tensor, labels: torch.Tensor, *, device: str, dtype,
             batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pred, loss) for uint8 images, batched under inference mode; one host sync at the end.
+    """(pred, loss) for uint8 images (or float images already in [0, 1], e.g. adversarial
+    ones), batched under inference mode; one host sync at the end.
 
     Images are converted to ``dtype`` in [0, 1] and channels_last per batch on the device.
     An example whose logits are not all finite (NaN or +-Inf, e.g. an overflow in float16)
@@ -27,7 +28,9 @@ def predict(model, images_u8: torch.Tensor, labels: torch.Tensor, *, device: str
     preds, losses = [], []
     with torch.inference_mode():
         for xb, yb in zip(images_u8.split(batch_size), labels.split(batch_size)):
-            xb = xb.to(device, non_blocking=True).to(dtype).div_(255)
+            scaled = xb.is_floating_point()
+            xb = xb.to(device, non_blocking=True).to(dtype)
+            xb = xb if scaled else xb.div_(255)
             xb = xb.contiguous(memory_format=torch.channels_last)
             logits = model(xb).float()
             yb = yb.to(device, non_blocking=True)

@@ -232,7 +232,11 @@ class AttackSuite(Suite):
         delta = (x_adv - x).flatten(1)
         fields["linf"] = delta.abs().amax(1).double().cpu().numpy()
         fields["l2"] = delta.norm(dim=1).double().cpu().numpy()
-        pred, loss = _predict(model, x_adv, y, ctx)
+        from harness.predict import predict
+
+        pred, loss = predict(model, x_adv, y, device=ctx.device, dtype=ctx.torch_dtype,
+                             batch_size=ctx.batch_size)
+        pred, loss = pred.numpy(), loss.double().numpy()
         return ShardResult(shard=shard, example=inputs.example, label=y.cpu().numpy(),
                            pred=pred, correct=pred == y.cpu().numpy(), loss=loss,
                            wall_s=time.perf_counter() - start, fields=fields,
@@ -308,24 +312,6 @@ class AttackSuite(Suite):
             for flag in o.summary.attrs.get("flags", []):
                 lines.append(f"FLAG {o.spec.model}: {flag}")
         return out + lines
-
-
-def _predict(model, x_adv, y, ctx):
-    """(pred, loss) of the kept images, batched, as harness.predict stores them."""
-    import torch
-    import torch.nn.functional as F
-
-    preds, losses = [], []
-    dtype = ctx.torch_dtype
-    with torch.no_grad():
-        for xb, yb in zip(x_adv.split(ctx.batch_size), y.split(ctx.batch_size)):
-            xb = xb.to(dtype).contiguous(memory_format=torch.channels_last)
-            logits = model(xb).float()
-            finite = torch.isfinite(logits).all(1)
-            preds.append(torch.where(finite, logits.argmax(1), -1))
-            loss = F.cross_entropy(logits, yb, reduction="none")
-            losses.append(torch.where(finite, loss, torch.nan))
-    return torch.cat(preds).cpu().numpy(), torch.cat(losses).double().cpu().numpy()
 
 
 def worst_case(store, run_id: str, summary) -> list[float]:
