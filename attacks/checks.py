@@ -9,10 +9,11 @@ is violated (``flag``). :func:`run_checks` runs them all on one batch:
   independently, so nothing forces it); value: the largest increase.
 * ``unbounded``: PGD with Linf eps 1 (the whole cube) and many steps leaves <= 1 % correct;
   value: its accuracy. A model that survives it is not looked at by the gradient.
-* ``black_box``: the black-box Square attack is never better than white-box PGD by more than a
-  margin (robust accuracy under Square >= PGD's - margin); value: PGD's minus Square's.
-* ``more_steps``: doubling steps and restarts does not lower PGD's robust accuracy by more than
-  a margin; value: the drop.
+* ``black_box``: the black-box Square attack, run on the examples white-box PGD left robust,
+  fools at most a margin of all examples (a black box should not find what the gradient
+  missed); value: that fraction.
+* ``more_steps``: PGD with doubled steps and restarts, on the same robust examples, fools at
+  most a margin of all examples; value: that fraction (the accuracy drop).
 * ``gradient_paths``: where a model offers several gradient paths, the best path does not beat
   the model's own by more than a margin (its own backward hides the weakness); value: the
   largest gap.
@@ -106,20 +107,32 @@ def run_checks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     pick = next((int(i) for i in order[::-1] if worst[i] > 0), int(order[0]))
     e = float(eps[pick])
     worst_path = min(paths, key=lambda p: acc[p][pick])
-    with use_gradient(model, worst_path):
-        more = pgd(model, x, y, eps=e, **{**settings, "steps": 2 * steps,
-                                          "restarts": 2 * restarts})
-    drop = float(worst[pick] - more.robust_accuracy)
+    # More effort and the black box need only try the examples every path left robust: what
+    # they fool there is exactly what they add to the white-box attack (and it keeps a 100-image
+    # check affordable on a cold-start LCA model, whose forward is 100 iterations).
+    robust = torch.stack([~per_path[p][pick].fooled for p in paths]).all(0)
+    idx = robust.nonzero()[:, 0]
+    ids = (np.arange(len(x)) if example_ids is None else np.asarray(example_ids))[
+        idx.cpu().numpy()]
+    sub = {**settings, "example_ids": ids}
+    n = len(x)
+    if len(idx):
+        with use_gradient(model, worst_path):
+            more = pgd(model, x[idx], y[idx], eps=e, **{**sub, "steps": 2 * steps,
+                                                        "restarts": 2 * restarts})
+        drop = float(more.fooled.sum()) / n
+        square = (black_box or _square)(model, x[idx], y[idx], norm=norm, eps=e,
+                                        queries=square_queries, seed=seed, example_ids=ids)
+        gain = float(square.fooled.sum()) / n
+    else:
+        drop = gain = 0.0
     checks.append(Check("more_steps", drop, MORE_STEPS_MARGIN, drop > MORE_STEPS_MARGIN,
                         f"doubling steps and restarts lowered accuracy at eps {e:.4g} by "
                         f"{100 * drop:.1f} pp: the attack had not converged"
                         if drop > MORE_STEPS_MARGIN else ""))
-    square = (black_box or _square)(model, x, y, norm=norm, eps=e, queries=square_queries,
-                                    seed=seed, example_ids=example_ids)
-    gain = float(worst[pick] - square.robust_accuracy)
     checks.append(Check("black_box", gain, BLACK_BOX_MARGIN, gain > BLACK_BOX_MARGIN,
-                        f"black-box Square beat white-box PGD at eps {e:.4g} by "
-                        f"{100 * gain:.1f} pp" if gain > BLACK_BOX_MARGIN else ""))
+                        f"black-box Square fooled {100 * gain:.1f} % of the examples white-box "
+                        f"PGD left robust at eps {e:.4g}" if gain > BLACK_BOX_MARGIN else ""))
     with use_gradient(model, worst_path):
         unb = pgd(model, x, y, eps=1.0, norm="Linf", steps=unbounded_steps, restarts=1,
                   loss=loss, seed=seed, example_ids=example_ids)
