@@ -19,6 +19,8 @@ is violated (``flag``). :func:`run_checks` runs them all on one batch:
   largest gap.
 * ``nonfinite``: the model's logits are finite on the clean images; value: the fraction that
   is not.
+* ``random_forward``: two forward passes give the same logits, unless the attack averages
+  gradients over several (``eot`` > 1); value: the largest difference.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def check_monotone(eps: Sequence[float], accuracy: Sequence[float],
 def run_checks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                eps: Sequence[float], norm: str = "Linf", steps: int = 10, restarts: int = 1,
                loss: str = "ce", seed: int = 0, example_ids=None, square_queries: int = 500,
-               unbounded_steps: int = 50, paths: Sequence[str] | None = None,
+               unbounded_steps: int = 50, paths: Sequence[str] | None = None, eot: int = 1,
                black_box: Callable | None = None) -> tuple[list[Check], dict[str, np.ndarray]]:
     """All checks on images ``x`` in [0, 1] with labels ``y``.
 
@@ -84,10 +86,17 @@ def run_checks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     bad = float((~torch.isfinite(logits).all(1)).float().mean())
     checks.append(Check("nonfinite", bad, 0.0, bad > 0,
                         "the model returned NaN/Inf logits" if bad > 0 else ""))
+    with torch.no_grad():
+        again = torch.cat([model(xb).float() for xb in x.split(500)])
+    moved = float(torch.nan_to_num(again - logits).abs().max()) if len(x) else 0.0
+    checks.append(Check("random_forward", moved, 1e-4 if eot == 1 else float("inf"),
+                        eot == 1 and moved > 1e-4,
+                        "two forward passes gave different logits: the model is random, attack "
+                        "it with EOT (--eot)" if eot == 1 and moved > 1e-4 else ""))
     paths = list(paths or gradient_paths(model))
     own = default_path(model)
     settings = dict(norm=norm, steps=steps, restarts=restarts, loss=loss, seed=seed,
-                    example_ids=example_ids)
+                    example_ids=example_ids, eot=eot)
     per_path = {}
     for path in paths:
         with use_gradient(model, path):
@@ -135,7 +144,7 @@ def run_checks(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                         f"PGD left robust at eps {e:.4g}" if gain > BLACK_BOX_MARGIN else ""))
     with use_gradient(model, worst_path):
         unb = pgd(model, x, y, eps=1.0, norm="Linf", steps=unbounded_steps, restarts=1,
-                  loss=loss, seed=seed, example_ids=example_ids)
+                  loss=loss, seed=seed, example_ids=example_ids, eot=eot)
     left = unb.robust_accuracy
     checks.append(Check("unbounded", left, UNBOUNDED_LIMIT, left > UNBOUNDED_LIMIT,
                         f"{100 * left:.1f} % still correct under an unbounded attack (Linf eps 1, "

@@ -216,3 +216,36 @@ def test_rerun_resumes_without_recompute(tmp_path):
         again = run_suite(model="resnet8", store=st, suite="pgd", n=20, options=FAST)
     assert first.run_id == again.run_id and again.shards_computed == 0
     assert np.allclose(first.summary["accuracy"], again.summary["accuracy"])
+
+
+class Noisy(nn.Module):
+    """A randomised model: Gaussian input noise on every forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = create_model("resnet8", pretrained=True)
+
+    def forward(self, x):
+        return self.net(x + 0.02 * torch.randn_like(x))
+
+
+def test_random_forward_is_flagged_unless_eot_is_used():
+    from attacks.checks import run_checks
+
+    s = load_sample_batch(16)
+    checks, _ = run_checks(Noisy(), *s, eps=[8 / 255], steps=2, unbounded_steps=2,
+                           square_queries=5)
+    assert {c.name: c.flag for c in checks}["random_forward"]
+    checks, _ = run_checks(Noisy(), *s, eps=[8 / 255], steps=2, unbounded_steps=2,
+                           square_queries=5, eot=2)
+    assert not {c.name: c.flag for c in checks}["random_forward"]
+    checks, _ = run_checks(create_model("resnet8", pretrained=True), *s, eps=[8 / 255], steps=2,
+                           unbounded_steps=2, square_queries=5)
+    assert not {c.name: c.flag for c in checks}["random_forward"]
+
+
+def load_sample_batch(n):
+    from harness.data import load_sample
+
+    s = load_sample()
+    return torch.from_numpy(s.images[:n]).float() / 255, torch.from_numpy(s.labels[:n])

@@ -432,7 +432,7 @@ class PGDSuite(AttackSuite):
         norm, eps = ("Linf", p["linf"]) if p["linf"] else ("L2", p["l2"])
         checks, per_example = run_checks(model, x, y, eps=eps, norm=norm, steps=p["steps"],
                                          restarts=p["restarts"], loss=p["loss"], seed=ctx.seed,
-                                         example_ids=inputs.seed_ids)
+                                         example_ids=inputs.seed_ids, eot=p["eot"])
         correct = per_example["unbounded_correct"]
         n = len(y)
         metrics = []
