@@ -7,16 +7,25 @@ any torchattacks attack, behind the :class:`~attacks.base.Attack` interface.
   is exactly what ``run_standard_evaluation`` does, so the robust set is the same and each
   example's ``found_by`` names the sub-attack that broke it (``autoattack:apgd-ce``, ...).
   AutoAttack seeds per call (``seed``), not per example, and does not report iterations:
-  ``iteration`` is 1 for examples a sub-attack fooled.
+  ``iteration`` is 1 for examples a sub-attack fooled (``found_by`` says which one).
 * ``square``: the Square attack alone (black-box, ``uses_gradient = False``), ``n_queries``
   (5,000 as in AutoAttack by default).
 * ``torchattacks:NAME``: any attack class of torchattacks with its keyword arguments. Attacks
-  with an ``eps`` argument get the run's eps; for those without (CW, DeepFool, ...) the found
-  perturbation is measured and an example counts as fooled only inside the eps ball of the
-  run's norm (outside it, the example is kept clean and counts as robust). torchattacks'
-  ``AutoAttack`` is a reduced re-implementation: its name says so, and its numbers are never
-  those of the standard ``autoattack``. torchattacks draws from torch's global generator: it is
-  seeded with ``seed`` inside a forked RNG state, so the caller's state is untouched.
+  with an ``eps`` argument get the run's eps (and its ``norm`` where they take one; an attack
+  of one fixed norm, such as PGD (Linf) or PGDL2 (L2), refuses a run of the other norm). For
+  attacks without eps (CW, DeepFool, EAD, ...) the found perturbation is measured and an
+  example counts as fooled only inside the eps ball of the run's norm: outside it, the example
+  is kept clean (``x_adv`` is the clean image) and counts as robust, so an unbounded attack
+  never inflates the success rate. torchattacks' ``AutoAttack`` is a reduced
+  re-implementation: its name says so, and its numbers are never those of the standard
+  ``autoattack``. ``iteration`` of a fooled example is the attack's ``steps`` (its step budget:
+  torchattacks does not report the step of first success), or 1 for attacks without steps.
+  Seeding: attacks with a ``seed`` argument get the run's seed; the others draw from torch's
+  global generator, seeded with ``seed`` inside a forked RNG state (the caller's is untouched).
+
+In every adapter the model's prediction on the returned images decides: an image outside the
+eps ball or [0, 1] beyond numerical slack (``TOLERANCE``) is not counted (clean image kept),
+and images within the slack are projected onto the ball exactly.
 
 Both libraries are optional (``pip install 'robustness-harness[attacks]'``) and imported only
 when an adapter runs.
@@ -80,6 +89,11 @@ def _result(model, x, y, x_adv, *, norm, eps, name, iteration=1) -> AttackResult
                         found_by=found.astype(object))
 
 
+def _forked_rng(device: torch.device):
+    """Restore torch's global RNG state (CPU, and ``device``'s if CUDA) on exit."""
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+
+
 @contextlib.contextmanager
 def _quiet_autoattack():
     logger = logging.getLogger("auto-attack")
@@ -124,28 +138,38 @@ class AutoAttackAdapter(Attack):
 
     def __call__(self, model, x, y, *, seed=0, example_ids=None) -> AttackResult:
         x = x.detach().float()
-        aa = self.build(model, x.device, seed)
-        return self._run(aa, model, x, y, prefix="autoattack")
+        with _forked_rng(x.device):   # pyautoattack reseeds torch's global generator
+            aa = self.build(model, x.device, seed)
+            return self._run(aa, model, x, y, prefix="autoattack")
 
     def _run(self, aa, model, x, y, *, prefix) -> AttackResult:
+        """``run_standard_evaluation`` one sub-attack at a time: it checks clean accuracy, then
+        runs each sub-attack in order on the still-robust examples, in chunks of ``batch_size``
+        of their indices, each chunk seeded afresh, and drops the examples whose prediction on
+        the sub-attack's output is wrong. Calling it with ``attacks_to_run = [sub]`` on exactly
+        the still-robust examples repeats those chunks and decisions (its own ``y_adv`` decides),
+        so the final robust set equals one call's, and we learn who found each example."""
         order = list(aa.attacks_to_run)
-        clean = predict_labels(model, x)
+        clean = predict_labels(model, x, self.batch_size)
         fooled = clean != y
         found = np.where(fooled.cpu().numpy(), "clean", "").astype(object)
         x_adv = x.clone()
         with _quiet_autoattack():
-            for sub in order:
-                idx = (~fooled).nonzero()[:, 0]
-                if len(idx) == 0:
-                    break
-                aa.attacks_to_run = [sub]
-                adv, _ = aa.run_standard_evaluation(x[idx], y[idx], batch_size=self.batch_size)
-                adv = adv.detach().to(x.device, torch.float32)
-                hit = predict_labels(model, adv) != y[idx]
-                x_adv[idx[hit]] = adv[hit]
-                fooled[idx[hit]] = True
-                found[idx[hit].cpu().numpy()] = f"{prefix}:{sub}"
-            aa.attacks_to_run = order
+            try:
+                for sub in order:
+                    idx = (~fooled).nonzero()[:, 0]
+                    if len(idx) == 0:
+                        break
+                    aa.attacks_to_run = [sub]
+                    adv, y_adv = aa.run_standard_evaluation(x[idx], y[idx],
+                                                            batch_size=self.batch_size)
+                    adv = adv.detach().to(x.device, torch.float32)
+                    hit = y_adv.to(y.device) != y[idx]
+                    x_adv[idx[hit]] = adv[hit]
+                    fooled[idx[hit]] = True
+                    found[idx[hit].cpu().numpy()] = f"{prefix}:{sub}"
+            finally:
+                aa.attacks_to_run = order
         res = _result(model, x, y, x_adv, norm=self.norm, eps=self.eps, name="")
         # The re-check decides; the attribution is the sub-attack's.
         res.found_by = np.where(res.fooled.cpu().numpy(), found, "").astype(object)
@@ -170,9 +194,10 @@ class SquareAdapter(AutoAttackAdapter):
 
     def __call__(self, model, x, y, *, seed=0, example_ids=None) -> AttackResult:
         x = x.detach().float()
-        aa = self.build(model, x.device, seed)
-        aa.square.n_queries = self.n_queries
-        res = self._run(aa, model, x, y, prefix="square")
+        with _forked_rng(x.device):
+            aa = self.build(model, x.device, seed)
+            aa.square.n_queries = self.n_queries
+            res = self._run(aa, model, x, y, prefix="square")
         res.found_by = np.where(res.found_by == "square:square", "square", res.found_by)
         return res
 
@@ -187,36 +212,56 @@ def torchattacks_names() -> list[str]:
 
 
 class TorchattacksAdapter(Attack):
-    """One torchattacks attack class with its keyword arguments."""
+    """One torchattacks attack class with its keyword arguments (see the module docstring for
+    eps, norm, seeding and what counts as fooled)."""
 
     def __init__(self, cls, *, norm: str, eps: float, kwargs: dict) -> None:
         super().__init__(norm=norm, eps=eps)
         self.cls, self.kwargs = cls, dict(kwargs)
+        name = cls.__name__
         params = inspect.signature(cls.__init__).parameters
-        self.takes_eps = "eps" in params
-        unknown = sorted(set(self.kwargs) - set(params) - {"eps"})
+        takes = [p for p in params if p not in ("self", "model")]
+        unknown = sorted(set(self.kwargs) - set(params))
         if unknown and not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-            raise HarnessError(f"torchattacks:{cls.__name__} takes no argument(s) "
-                               f"{', '.join(unknown)} (it takes "
-                               f"{', '.join(p for p in params if p not in ('self', 'model'))})")
-        self.name = f"torchattacks:{cls.__name__}"
-        if cls.__name__ == "AutoAttack":
+            raise HarnessError(f"torchattacks:{name} takes no argument(s) {', '.join(unknown)} "
+                               f"(it takes {', '.join(takes) or 'none'})")
+        if "seed" in self.kwargs:
+            raise HarnessError(f"torchattacks:{name}: the run's seed is used; do not pass seed "
+                               "as a setting")
+        self.takes_eps, self.takes_seed = "eps" in params, "seed" in params
+        self.takes_norm = "norm" in params
+        if self.takes_eps and not self.takes_norm:
+            # One fixed norm: PGDL2 and PGDRSL2 are L2, every other eps-taking class Linf.
+            fixed = "L2" if name.endswith("L2") else "Linf"
+            if fixed != self.norm:
+                raise HarnessError(f"torchattacks:{name} is an {fixed} attack; run it with "
+                                   f"norm={fixed!r}" + (" or use torchattacks:PGDL2"
+                                                        if name == "PGD" else ""))
+        self.name = f"torchattacks:{name}"
+        if name == "AutoAttack":
             self.name = "torchattacks:AutoAttack (reduced, not the standard AutoAttack)"
-        self.steps = int(self.kwargs.get("steps", getattr(cls, "steps", 1)) or 1)
 
     def __call__(self, model, x, y, *, seed=0, example_ids=None) -> AttackResult:
         x = x.detach().float()
-        kwargs = {**self.kwargs, **({"eps": self.eps} if self.takes_eps else {})}
-        devices = [x.device] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        kwargs = dict(self.kwargs)
+        if self.takes_eps:
+            kwargs["eps"] = self.eps
+        if self.takes_norm:
+            kwargs["norm"] = self.norm
+        if self.takes_seed:
+            kwargs["seed"] = int(seed)
+        with _forked_rng(x.device):
             torch.manual_seed(seed)
             try:
                 attack = self.cls(model, **kwargs)
-            except TypeError as exc:
-                raise HarnessError(f"{self.name}: {exc}") from None
+            except (TypeError, ValueError, AssertionError) as exc:
+                message = " ".join(str(exc).split())
+                raise HarnessError(f"{self.name}: {message}") from None
             x_adv = attack(x, y)
+        steps = getattr(attack, "steps", None)
+        iteration = int(steps) if isinstance(steps, int) and steps >= 1 else 1
         return _result(model, x, y, x_adv, norm=self.norm, eps=self.eps, name=self.name,
-                       iteration=self.steps)
+                       iteration=iteration)
 
 
 def torchattacks_attack(name: str, *, norm: str = "Linf", eps: float = 8 / 255,

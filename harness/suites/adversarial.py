@@ -403,6 +403,15 @@ class PGDSuite(AttackSuite):
             opts["attacks"] = _attack_names(opts["attacks"])
         except ValueError as exc:
             raise HarnessError(f"option 'attacks': {exc}") from None
+        from attacks import make_attack  # lazy: torch
+
+        # Build each attack once per norm the run uses: an attack that cannot run a threat
+        # (e.g. torchattacks:PGD, an Linf attack, under L2) fails here, before anything runs.
+        for name in opts["attacks"]:
+            for norm in ("Linf", "L2"):
+                eps = opts["linf" if norm == "Linf" else "l2"]
+                if eps:
+                    make_attack(name, norm=norm, eps=eps[-1])
         return opts
 
     def attack_params(self, options):
