@@ -20,7 +20,9 @@ What it does, per example:
 * every iterate is checked: the first one the model gets wrong is kept as the adversarial
   example (its step count is ``iteration``). With ``early_stop`` (default) the example leaves
   the batch then; without, it keeps being stepped but the kept example and iteration are the
-  same, so early stop changes speed, never an outcome (tested);
+  same, so early stop changes speed, never an outcome (tested). The kept images are equal up
+  to rounding: a CPU or cuDNN kernel may round a batch of 1-2 examples differently from a
+  larger one, which can move an L2 step in the last bit (Linf steps use only the sign);
 * restarts run only on examples no earlier restart fooled;
 * several eps run in one batch (rows = eps x examples), each eps independently: an attack at
   8/255 does not reuse what 4/255 found, so a non-monotone accuracy curve stays visible as a
@@ -88,11 +90,18 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
             has no gradient with respect to its input.
     """
     norm = check_norm(norm)
-    eps_list = [check_eps(e, norm) for e in (eps if isinstance(eps, Sequence) else [eps])]
-    if int(steps) < 1 or int(steps) != steps:
-        raise HarnessError(f"steps must be an integer >= 1, got {steps!r}")
-    if int(restarts) < 1 or int(restarts) != restarts:
-        raise HarnessError(f"restarts must be an integer >= 1, got {restarts!r}")
+    many = isinstance(eps, (Sequence, np.ndarray)) or (isinstance(eps, torch.Tensor)
+                                                        and eps.dim() > 0)
+    values = [float(e) for e in eps] if many else [eps]
+    if not values:
+        raise HarnessError("no eps given")
+    eps_list = [check_eps(e, norm) for e in values]
+    for label, value in (("steps", steps), ("restarts", restarts)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise HarnessError(f"{label} must be an integer >= 1, got {value!r}")
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer))
+                                   or batch_size < 1):
+        raise HarnessError(f"batch size must be an integer >= 1, got {batch_size!r}")
     if loss not in LOSSES:
         raise HarnessError(f"unknown PGD loss {loss!r}; one of {', '.join(LOSSES)}")
     if schedule not in SCHEDULES:
@@ -113,8 +122,8 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()),
                      torch.float32)
     x = x.detach().float()
-    y = y.to(x.device)
-    goal = target.to(x.device) if targeted else y
+    y = y.to(x.device, torch.long)
+    goal = target.to(x.device, torch.long) if targeted else y
     e = len(eps_list)
     rows_x = x.repeat(e, 1, 1, 1)
     rows_y, rows_goal = y.repeat(e), goal.repeat(e)
@@ -144,14 +153,15 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     # Final check: the prediction on the kept images decides (and is what a suite stores).
     with torch.no_grad():
         preds = torch.cat([run.predict(xb) for xb in state.x_adv.split(size)])
-    fooled = (preds == rows_goal) if targeted else (preds != rows_y)
+    # No prediction (non-finite logits) counts as fooled, targeted or not.
+    fooled = ((preds == rows_goal) if targeted else (preds != rows_y)) | (preds == -1)
     found = np.where(fooled.cpu().numpy(), state.found_by, "")
     iteration = torch.where(fooled, state.iteration, torch.full_like(state.iteration, -1))
     out = [AttackResult(x_adv=state.x_adv[i * n:(i + 1) * n], pred=preds[i * n:(i + 1) * n],
                         fooled=fooled[i * n:(i + 1) * n],
                         iteration=iteration[i * n:(i + 1) * n], found_by=found[i * n:(i + 1) * n])
            for i in range(e)]
-    return out if isinstance(eps, Sequence) else out[0]
+    return out if many else out[0]
 
 
 class _State:
