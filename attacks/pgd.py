@@ -133,7 +133,7 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
     run = _Runner(model, norm=norm, steps=int(steps), step_size=step_size,
                   loss=loss, targeted=targeted, early_stop=early_stop, schedule=schedule,
                   eot=int(eot), dtype=dtype, channels_last=channels_last)
-    size = batch_size or len(rows_x)
+    size = batch_size or max(len(rows_x), 1)   # no examples: empty results, no range(.., 0)
     for lo in range(0, len(rows_x), size):
         sl = slice(lo, lo + size)
         chunk = torch.arange(lo, min(lo + size, len(rows_x)), device=x.device)
@@ -152,7 +152,8 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *,
                        rows_eps[todo], name)
     # Final check: the prediction on the kept images decides (and is what a suite stores).
     with torch.no_grad():
-        preds = torch.cat([run.predict(xb) for xb in state.x_adv.split(size)])
+        preds = torch.cat([run.predict(xb) for xb in state.x_adv.split(size)]
+                          or [torch.empty(0, dtype=torch.long, device=x.device)])
     # No prediction (non-finite logits) counts as fooled, targeted or not.
     fooled = ((preds == rows_goal) if targeted else (preds != rows_y)) | (preds == -1)
     found = np.where(fooled.cpu().numpy(), state.found_by, "")
