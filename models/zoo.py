@@ -213,7 +213,9 @@ def _coded_factory(name: str, warp: bool) -> Callable[..., nn.Module]:
                 "tau": lca.tau, "features": lca.features, "kernel_size": lca.kernel_size,
                 "stride": lca.stride, "dictionary": DICTIONARY_STEM.name,
                 "whitening": None if lca.whitening is None else "zca",
-                "attack_gradient": ["unrolled", "bpda"],
+                # the gradient paths attacks.gradients.gradient_paths(model) finds: the
+                # front end's modes (the ReLU backbone declares none)
+                "attack_gradient": list(front_end.gradient_modes),
             },
         )
         return model
