@@ -363,12 +363,12 @@ def cmd_show(args) -> int:
 
     from harness.records import SCHEMA_VERSION
     from harness.store import Store
-    from harness.suites import SUITES
+    from harness.suites import SUITES, raised_flags
 
     path = args.store or _default_store()
     with Store(path, readonly=True) as store:
         run = store.find_run(args.run)
-        raised = _raised_flags(store.metrics_frame([run["run_id"]]))
+        raised = raised_flags(store.metrics_frame([run["run_id"]]))
         if args.examples:
             out = store.to_frame([run["run_id"]])
         elif args.metrics:
@@ -403,17 +403,6 @@ def cmd_show(args) -> int:
         for line in raised:
             _console().print(f"[bold red]FLAG[/] {line}")
     return 0
-
-
-def _raised_flags(metrics) -> list[str]:
-    """Lines for the metric records named ``flag`` with a non-zero value (a check a suite
-    stored as violated, e.g. a gradient-masking check), with the same check's ``check`` value."""
-    if not len(metrics) or "name" not in metrics:
-        return []
-    value = {(r.scope, r.index): r.value for r in metrics.itertuples(index=False)
-             if r.name == "check"}
-    return [f"{r.index} ({r.scope}; measured {value.get((r.scope, r.index), float('nan')):.4g})"
-            for r in metrics.itertuples(index=False) if r.name == "flag" and r.value > 0]
 
 
 def cmd_train(args) -> int:

@@ -18,7 +18,8 @@ from harness.suites._base import (
     contiguous_shards,
     non_negative,
     positive,
+    raised_flags,
 )
 
 __all__ = ["SUITES", "EvalContext", "Field", "Metric", "Option", "ShardInputs", "Suite", "Table",
-           "contiguous_shards", "non_negative", "positive"]
+           "contiguous_shards", "non_negative", "positive", "raised_flags"]

@@ -333,6 +333,19 @@ class Suite:
         return []
 
 
+def raised_flags(metrics) -> list[str]:
+    """One line per raised flag of a run's metric records (``Store.metrics_frame``): a record
+    named ``flag`` with a value > 0 is a check a suite stored as violated (e.g. a
+    gradient-masking check); the record named ``check`` at the same scope and index holds
+    what it measured."""
+    if not len(metrics) or "name" not in metrics:
+        return []
+    value = {(r.scope, r.index): r.value for r in metrics.itertuples(index=False)
+             if r.name == "check"}
+    return [f"{r.index} ({r.scope}; measured {value.get((r.scope, r.index), float('nan')):.4g})"
+            for r in metrics.itertuples(index=False) if r.name == "flag" and r.value > 0]
+
+
 def contiguous_shards(n: int, shard_size: int, condition: Mapping[str, Any], prefix: str
                       ) -> list[Shard]:
     """Consecutive example ranges of at most ``shard_size``, keyed by ``prefix`` and range."""

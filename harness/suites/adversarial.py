@@ -50,6 +50,7 @@ from harness.suites._base import (
     Table,
     contiguous_shards,
     positive,
+    raised_flags,
 )
 
 ATTACK_SUITES = ("pgd", "autoattack")
@@ -107,9 +108,6 @@ class AttackInputs(ShardInputs):
 class AttackSuite(Suite):
     """Shared machinery of ``pgd`` and ``autoattack`` (see the module docstring)."""
 
-    default_attacks = "pgd"
-    default_linf = ""
-    default_l2 = ""
     sample_default_n = PGD_DEFAULT_N
     fields = (
         Field("linf", float, "Linf norm of the kept perturbation"),
@@ -193,7 +191,7 @@ class AttackSuite(Suite):
         y = inputs.labels.to(ctx.device)
         n = len(y)
         cond = shard.condition
-        fields = {"linf": np.zeros(n), "l2": np.zeros(n), "iteration": np.full(n, -1),
+        fields = {"iteration": np.full(n, -1),
                   "found_by": np.full(n, "", dtype=object), "gradient": np.full(n, "", dtype=object),
                   "fooled_by": np.full(n, "", dtype=object)}
         metrics: list[MetricRecord] = []
@@ -249,14 +247,15 @@ class AttackSuite(Suite):
     def summarize(self, store, run_id):
         """Per threat: n, n_correct, accuracy, and ``worst_case`` (robust under every stored
         attack run of this model on the same data and threat); the clean row first; the
-        checks shard is left out (:func:`flags` reads it)."""
+        checks shard is left out (its flags are in ``attrs["flags"]``)."""
         frame = store.condition_summary(run_id)
         frame = frame[frame["norm"] != "checks"].copy()
         frame["worst_case"] = worst_case(store, run_id, frame)
         key = frame["norm"].map({"none": 0, "Linf": 1, "L2": 2}).fillna(3) * 10 + frame["eps"]
         out = frame.iloc[key.argsort(kind="stable")].reset_index(drop=True)
-        out.attrs["flags"] = flags(store, run_id)
-        out.attrs["paths"] = path_accuracy(store, run_id, out)
+        metrics = store.metrics_frame([run_id])   # read once: flags and per-path accuracy
+        out.attrs["flags"] = raised_flags(metrics)
+        out.attrs["paths"] = path_accuracy(metrics, out)
         return out
 
     def headline(self, summary) -> dict[str, float]:
@@ -339,12 +338,12 @@ def worst_case(store, run_id: str, summary) -> list[float]:
     return out
 
 
-def path_accuracy(store, run_id: str, summary):
+def path_accuracy(m, summary):
     """Robust accuracy per threat and attack/gradient path (pandas: norm, eps, path,
-    accuracy), from the ``robust`` metric records; empty when the run has none."""
+    accuracy), from a run's ``robust`` metric records (``m``: its ``metrics_frame``); empty
+    when the run has none."""
     import pandas as pd
 
-    m = store.metrics_frame([run_id])
     cols = ["norm", "eps", "path", "accuracy"]
     if not len(m) or "norm" not in m:
         return pd.DataFrame(columns=cols)
@@ -359,14 +358,8 @@ def path_accuracy(store, run_id: str, summary):
 
 
 def flags(store, run_id: str) -> list[str]:
-    """The raised gradient-masking flags of a stored run, one line each."""
-    m = store.metrics_frame([run_id])
-    if not len(m):
-        return []
-    m = m[m["scope"] == "check"]
-    value = m[m["name"] == "check"].set_index("index")["value"]
-    raised = m[(m["name"] == "flag") & (m["value"] > 0)]["index"]
-    return [f"{name} (value {value.get(name, float('nan')):.4g})" for name in raised]
+    """The raised flags (e.g. gradient-masking checks) of a stored run, one line each."""
+    return raised_flags(store.metrics_frame([run_id]))
 
 
 @SUITES.register("pgd", description="accuracy under PGD (Linf and L2), every gradient path, "
