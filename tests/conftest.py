@@ -51,6 +51,21 @@ def cifar_dir() -> Path:
     return CACHE
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for a module's tests (``pytestmark =
+    pytest.mark.usefixtures("one_torch_thread")``): their tensors are small (2-256 images), and
+    with the two cores shared by other processes OpenMP's spinning threads made such files
+    20-30x slower (measured: tests/test_gradient_modes.py 10 s with one thread, 3.5-6.5 min
+    with two under load). Restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def require(module: str):
     """Import an oracle library: skipped when missing on a developer's machine, an import
     error (a failing test) under CI."""

@@ -16,14 +16,7 @@ from harness.data import load_sample
 from harness.errors import HarnessError
 from models.zoo import create_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Small batches: torch's intra-op threads only contend (many times slower on a busy machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -20,15 +20,7 @@ EXPECTED = {"resnet8-sugar-bsilu": ["surrogate", "exact"],
 BUNDLED = MODELS.names(where=lambda e: e.meta.get("weights") is not None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the tensors here are small (2-8 images, a 6x6 LCA), and with the
-    two cores shared by other processes OpenMP's spinning threads made this file 20-30x
-    slower (measured: 10 s with one thread vs 3.5-6.5 min with two under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(n=4):

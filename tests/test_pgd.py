@@ -29,12 +29,7 @@ SAMPLE = load_sample()
 MODEL = create_model("resnet8", pretrained=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _batch(n, start=0):
