@@ -17,6 +17,11 @@ ReLU's true derivative) and the LCA / WARP-LCA front ends (``("unrolled", "bpda"
 differentiating through the unrolled iterations, or BPDA: exact codes forward, a differentiable
 approximation backward).
 
+A declaring module may also name, in ``derivative_mode``, the mode whose backward is the
+derivative of its forward (SUGAR: ``"exact"``; LCA: ``"unrolled"``). :func:`use_derivative`
+runs every declaring module in that mode: what an input-Jacobian estimate (a Lipschitz lower
+bound) needs, where a surrogate would give a number that is not the model's.
+
 A model's **paths** are its default path (every module in its own default mode; named after
 those modes, or ``"autograd"`` when no module declares any) followed by each alternative mode
 name declared anywhere in the model::
@@ -80,6 +85,28 @@ def use_gradient(model: nn.Module, path: str) -> Iterator[nn.Module]:
     try:
         for m in modules:
             m.gradient_mode = path if path in m.gradient_modes else m.gradient_modes[0]
+        yield model
+    finally:
+        for m, mode in zip(modules, saved):
+            m.gradient_mode = mode
+
+
+@contextlib.contextmanager
+def use_derivative(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, autograd through ``model`` is the derivative of its forward: every
+    module declaring ``gradient_modes`` runs in its ``derivative_mode`` (a module declaring
+    alternatives without saying which is the derivative is an error)."""
+    modules = _declaring(model)
+    for m in modules:
+        mode = getattr(m, "derivative_mode", None)
+        if mode not in m.gradient_modes:
+            raise HarnessError(f"{type(m).__name__} declares gradient modes "
+                               f"{', '.join(m.gradient_modes)} but no derivative_mode among them: "
+                               "cannot tell which backward is its forward's derivative")
+    saved = [m.gradient_mode for m in modules]
+    try:
+        for m in modules:
+            m.gradient_mode = m.derivative_mode
         yield model
     finally:
         for m, mode in zip(modules, saved):

@@ -239,7 +239,7 @@ def _summary_table(plan, outcomes, wall: float):
     for col in ("new shards", "eval s", "run"):
         table.add_column(col, justify="right" if col != "run" else "left")
     for o, h in zip(outcomes, heads):
-        table.add_row(o.spec.model, *[_pct(h[k]) if k in h else "-" for k in keys],
+        table.add_row(o.spec.model, *[suite.format(k, h[k]) if k in h else "-" for k in keys],
                       f"{o.shards_computed}/{o.shards_total}", f"{o.wall_s:.1f}", o.run_id[:12])
     return header, table
 
@@ -369,6 +369,7 @@ def cmd_show(args) -> int:
     with Store(path, readonly=True) as store:
         run = store.find_run(args.run)
         raised = raised_flags(store.metrics_frame([run["run_id"]]))
+        details: list = []
         if args.examples:
             out = store.to_frame([run["run_id"]])
         elif args.metrics:
@@ -377,6 +378,8 @@ def cmd_show(args) -> int:
             suite = SUITES.get(run["suite"])() if run["suite"] in SUITES else None
             out = (suite.summarize(store, run["run_id"]) if suite is not None
                    else store.condition_summary(run["run_id"]))
+            if suite is not None:
+                details = suite.details(store, run["run_id"])
     if not (args.examples or args.metrics):
         out.insert(0, "model", run["model"])
         out.insert(1, "suite", run["suite"])
@@ -400,6 +403,8 @@ def cmd_show(args) -> int:
             table.add_row(*[_pct(v) if col == "accuracy" else str(v)
                             for col, v in zip(out.columns, row)])
         _console().print(table)
+        for item in details:
+            _console().print(item if isinstance(item, str) else _rich_table(item))
         for line in raised:
             _console().print(f"[bold red]FLAG[/] {line}")
     return 0

@@ -320,12 +320,22 @@ class Suite:
         """Column label of a headline key."""
         return self.labels.get(key, f"{key} %")
 
+    def format(self, key: str, value: float) -> str:
+        """A headline value as printed: fractions as percentages ("-" for NaN: not measured);
+        suites whose headline holds other quantities (a Lipschitz bound) override this."""
+        return "-" if value != value else f"{100 * value:.2f}"
+
     def references(self, store_path: str, plan) -> Any:
         """What this run's tables compare with, read from the store at ``store_path`` before
         anything is written (open it read-only: ``Store(store_path, readonly=True)``, which
         fails with a one-line error when it does not exist). Raise :class:`HarnessError` when a
         requested reference is missing. Default: nothing (the store is not opened)."""
         return None
+
+    def details(self, store, run_id: str) -> list[Table | str]:
+        """Tables and lines ``harness show RUN`` prints after the summary table (e.g. a
+        per-layer breakdown), read from the store. Default: none."""
+        return []
 
     def tables(self, outcomes: Sequence[Any], references: Any = None) -> list[Table | str]:
         """Tables and lines printed after the summary table, from the outcomes' summaries

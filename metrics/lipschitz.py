@@ -1,0 +1,488 @@
+"""Lipschitz constants of a classifier's logit map (l2 -> l2, pixels in [0, 1] to logits):
+a certified upper bound and empirical lower bounds.
+
+**Upper bound** (:func:`upper_bound`): the model's forward is traced with ``torch.fx`` and run
+once on an example (for the shapes and the values of constants); each node's bound is composed
+from its inputs' bounds by a rule:
+
+* linear layers: their operator norm (:mod:`metrics.operator_norms`: dense, the exact largest
+  singular value; convolutions, the zero-padded strided operator on the layer's actual input
+  size, exact when small, else its circular-embedding upper bound); an eval-mode BatchNorm
+  that is a convolution's only user is folded into it (the norm of the product, often far
+  below the product of the norms); a lone eval BatchNorm contributes max |gamma / sigma|;
+* activations: their largest slope (ReLU 1, GELU 1.1290, SiLU 1.0999, ...);
+* sums (residual blocks): L(a) + L(b), so an identity shortcut gives 1 + L(branch);
+  multiplication or division by a constant: its largest |value| (the input normalisation);
+  a convex combination ``lerp``; concatenation sqrt(sum L^2); means, pooling, reshapes;
+* modules that know their own constant declare it (the protocol below);
+* anything else (an unknown module or operation, data-dependent control flow that cannot be
+  traced, BatchNorm in training mode) makes the result "no bound" with the reason: never a
+  wrong number.
+
+Protocol (duck-typed, so ``metrics`` never imports ``models``): a module with a method
+``lipschitz_bound(x) -> float`` (``x``: an example input of the module, for shapes) is not
+traced into; the float bounds its own map. It raises :class:`NoBound` with a reason when it
+has none. A composite module may call :func:`upper_bound` on its parts.
+
+**Lower bounds** (valid for any model whose autograd gives the derivative of its forward; see
+``gradient`` below):
+
+* :func:`jacobian_norms`: per example, the input-Jacobian's spectral norm by power iteration
+  on J^T J (``torch.func.jvp`` / ``vjp``); every iterate ||J v|| / ||v|| is a lower bound on
+  ||J||, hence on the Lipschitz constant;
+* :func:`pair_ratios`: ||f(x) - f(x')|| / ||x - x'|| for given pairs (e.g. PGD's adversarial
+  examples), and :func:`ascend_pairs`: projected gradient ascent on that ratio over x' in an
+  l2 ball around x, started along the top Jacobian direction. Every ratio is a lower bound
+  whatever gradient found it.
+
+``gradient``: where a model's backward is not the derivative of its forward (SUGAR's
+surrogates), a Jacobian computed by autograd is not the model's; the caller passes a context
+factory (e.g. ``lambda: attacks.gradients.use_gradient(model, "exact")``) under which autograd
+is the derivative.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pandas as pd
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from metrics.operator_norms import conv2d_norm_bound, matrix_norm, pool_norm
+
+
+class NoBound(Exception):
+    """A module or operation has no known Lipschitz bound; the message says why."""
+
+
+# Largest |slope| of elementwise activations, rounded up (a test checks each against the
+# largest |autograd derivative| on a fine grid).
+ACTIVATION_CONSTANTS: dict[type, float] = {
+    nn.ReLU: 1.0, nn.ReLU6: 1.0, nn.Hardtanh: 1.0, nn.Tanh: 1.0, nn.Softsign: 1.0,
+    nn.Softplus: 1.0, nn.Sigmoid: 0.25, nn.Hardsigmoid: 1 / 6, nn.Hardswish: 1.5,
+    nn.SiLU: 1.0999, nn.Mish: 1.0885, nn.SELU: 1.7581, nn.Identity: 1.0, nn.Dropout: 1.0,
+    nn.Flatten: 1.0,
+}
+GELU_CONSTANT = 1.1290        # exact erf form 1.12890, tanh form 1.12899
+FUNCTION_CONSTANTS: dict[Callable, float] = {
+    F.relu: 1.0, torch.relu: 1.0, F.relu6: 1.0, F.hardtanh: 1.0, torch.tanh: 1.0, F.tanh: 1.0,
+    F.softplus: 1.0, torch.sigmoid: 0.25, F.sigmoid: 0.25, F.silu: 1.0999, F.mish: 1.0885,
+    F.gelu: GELU_CONSTANT, F.hardswish: 1.5, F.dropout: 1.0, torch.flatten: 1.0,
+}
+SHAPE_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "contiguous", "squeeze",
+                 "unsqueeze", "float", "double", "half", "to", "clone", "detach", "type_as"}
+SHAPE_FUNCTIONS = {torch.reshape, torch.permute, torch.transpose, torch.squeeze,
+                   torch.unsqueeze, torch.clone}
+
+
+@dataclass
+class UpperBound:
+    """A certified upper bound (``value``; None when there is none, ``reason`` says why) and
+    its factors: one row per node of the traced graph that changes the bound (``node``,
+    ``op``: what it is, ``factor``: its own constant, ``bound``: the bound of the map from the
+    input to this node)."""
+
+    value: float | None
+    reason: str = ""
+    factors: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["node", "op", "factor", "bound"]))
+
+    @property
+    def bounded(self) -> bool:
+        return self.value is not None
+
+
+class _Tracer(fx.Tracer):
+    """Stops at modules with a known constant (or that declare their own) and torch.nn
+    layers the rules cover."""
+
+    LEAVES = (nn.Conv2d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.AvgPool2d, nn.MaxPool2d,
+              nn.AdaptiveAvgPool2d, nn.GELU, nn.ELU, nn.LeakyReLU, nn.PReLU,
+              *ACTIVATION_CONSTANTS)
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if callable(getattr(m, "lipschitz_bound", None)) and qualname:
+            return True
+        return isinstance(m, self.LEAVES) or super().is_leaf_module(m, qualname)
+
+
+class _Recorder(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.values: dict[fx.Node, object] = {}
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        self.values[n] = out
+        return out
+
+
+def _maxabs(v) -> float:
+    if isinstance(v, torch.Tensor):
+        return v.detach().abs().max().item() if v.numel() else 0.0
+    return abs(float(v))
+
+
+def upper_bound(model: nn.Module, example: torch.Tensor) -> UpperBound:
+    """Certified l2 Lipschitz upper bound of ``model``'s output as a function of one input
+    example (``example``: a batch of one, e.g. ``x[:1]``; the model in eval mode)."""
+    if model.training:
+        return UpperBound(None, "the model is in training mode (BatchNorm and dropout depend "
+                                "on the batch); call model.eval()")
+    if callable(getattr(model, "lipschitz_bound", None)):
+        try:
+            value = float(model.lipschitz_bound(example))
+        except NoBound as exc:
+            return UpperBound(None, str(exc))
+        return UpperBound(value, "", pd.DataFrame([{"node": type(model).__name__,
+                                                    "op": "declared", "factor": value,
+                                                    "bound": value}]))
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:  # noqa: BLE001  (any tracing failure means: no bound)
+        return UpperBound(None, f"cannot trace the model with torch.fx ({type(exc).__name__}: "
+                                f"{str(exc).splitlines()[0] if str(exc) else ''})")
+    gm = fx.GraphModule(model, graph)
+    rec = _Recorder(gm)
+    with torch.no_grad():
+        rec.run(example)
+    try:
+        return _propagate(gm, rec.values)
+    except NoBound as exc:
+        return UpperBound(None, str(exc))
+
+
+def _propagate(gm: fx.GraphModule, values: dict) -> UpperBound:
+    lip: dict[fx.Node, float | None] = {}        # None: a constant (does not depend on x)
+    rows: list[dict] = []
+    folded: set[fx.Node] = set()
+    modules = dict(gm.named_modules())
+
+    def arg_lip(a) -> float | None:
+        if isinstance(a, fx.Node):
+            return lip.get(a)
+        if isinstance(a, (list, tuple)):
+            parts = [arg_lip(x) for x in a]
+            parts = [p for p in parts if p is not None]
+            return math.sqrt(sum(p * p for p in parts)) if parts else None
+        return None
+
+    def val(a):
+        return values[a] if isinstance(a, fx.Node) else a
+
+    def record(node, what, factor, bound):
+        rows.append({"node": node.name if isinstance(node, fx.Node) else str(node), "op": what,
+                     "factor": float(factor), "bound": float(bound)})
+        return bound
+
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            lip[node] = 1.0
+            continue
+        if node.op == "get_attr":
+            lip[node] = None
+            continue
+        if node.op == "output":
+            out = arg_lip(node.args[0])
+            value = 0.0 if out is None else out
+            return UpperBound(value, "", pd.DataFrame(rows, columns=["node", "op", "factor",
+                                                                     "bound"]))
+        ins = [arg_lip(a) for a in (*node.args, *node.kwargs.values())]
+        dep = [x for x in ins if x is not None]
+        if not dep or not _has_tensor(values.get(node)):
+            lip[node] = None                    # a constant, or a shape, size or dtype
+            continue
+        x = node.args[0] if node.args else None
+        l_in = arg_lip(x)
+        if node.op == "call_module":
+            m = modules[node.target]
+            lip[node] = record(node, f"{type(m).__name__} {node.target}",
+                               *_module_rule(m, node, values, l_in, folded, modules))
+        elif node.op == "call_function":
+            lip[node] = _function_rule(node, values, arg_lip, val, record)
+        elif node.op == "call_method":
+            lip[node] = _method_rule(node, values, arg_lip, val, record)
+        else:
+            raise NoBound(f"unsupported graph node {node.op} {node.target}")
+    raise NoBound("the traced graph has no output")
+
+
+def _has_tensor(v) -> bool:
+    if isinstance(v, torch.Tensor):
+        return True
+    return isinstance(v, tuple | list) and any(_has_tensor(x) for x in v)
+
+
+def _bn_scale(bn: nn.Module) -> torch.Tensor:
+    if bn.training or bn.running_var is None:
+        raise NoBound(f"{type(bn).__name__} without running statistics or in training mode "
+                      "depends on the batch")
+    scale = (bn.running_var.double() + bn.eps).rsqrt()
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach().double()
+    return scale
+
+
+def _module_rule(m, node, values, l_in, folded, modules) -> tuple[float, float]:
+    """(factor, bound) of a call_module node whose input has bound ``l_in``."""
+    x = values[node.args[0]] if node.args else None
+    if node in folded:                                   # a BatchNorm folded into its conv
+        return 1.0, l_in
+    if callable(getattr(m, "lipschitz_bound", None)):
+        factor = float(m.lipschitz_bound(x))
+        return factor, factor * l_in
+    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        w = m.weight.detach().double()
+        users = list(node.users)
+        if (len(users) == 1 and users[0].op == "call_module"
+                and isinstance(modules[users[0].target], nn.BatchNorm1d | nn.BatchNorm2d)):
+            scale = _bn_scale(modules[users[0].target])
+            w = w * scale.reshape(-1, *([1] * (w.dim() - 1)))
+            folded.add(users[0])
+        if isinstance(m, nn.Linear):
+            factor = matrix_norm(w)
+        else:
+            if m.padding_mode != "zeros":
+                raise NoBound(f"Conv2d {node.target}: padding mode {m.padding_mode!r}")
+            factor = conv2d_norm_bound(w, input_hw=x.shape[-2:], stride=m.stride,
+                                       padding=m.padding, dilation=m.dilation, groups=m.groups)
+        return factor, factor * l_in
+    if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
+        factor = _bn_scale(m).abs().max().item()
+        return factor, factor * l_in
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        factor = pool_norm("adaptive_avg", x.shape[-2:], output_size=m.output_size)
+        return factor, factor * l_in
+    if isinstance(m, nn.AvgPool2d):
+        if m.divisor_override:
+            raise NoBound(f"AvgPool2d {node.target}: divisor_override")
+        factor = pool_norm("avg", x.shape[-2:], kernel_size=m.kernel_size, stride=m.stride,
+                           padding=m.padding, ceil_mode=m.ceil_mode,
+                           count_include_pad=m.count_include_pad)
+        return factor, factor * l_in
+    if isinstance(m, nn.MaxPool2d):
+        factor = pool_norm("max", x.shape[-2:], kernel_size=m.kernel_size, stride=m.stride,
+                           padding=m.padding, ceil_mode=m.ceil_mode, dilation=m.dilation)
+        return factor, factor * l_in
+    if isinstance(m, nn.GELU):
+        return GELU_CONSTANT, GELU_CONSTANT * l_in
+    if isinstance(m, nn.ELU):
+        factor = max(1.0, abs(m.alpha))
+        return factor, factor * l_in
+    if isinstance(m, nn.LeakyReLU):
+        factor = max(1.0, abs(m.negative_slope))
+        return factor, factor * l_in
+    if isinstance(m, nn.PReLU):
+        factor = max(1.0, m.weight.detach().abs().max().item())
+        return factor, factor * l_in
+    if type(m) in ACTIVATION_CONSTANTS:
+        factor = ACTIVATION_CONSTANTS[type(m)]
+        return factor, factor * l_in
+    raise NoBound(f"no Lipschitz rule for module {node.target} ({type(m).__name__})")
+
+
+def _function_rule(node, values, arg_lip, val, record) -> float:
+    f, args = node.target, node.args
+    name = getattr(f, "__name__", str(f))
+    lins = [arg_lip(a) for a in args]
+    if f in (operator.add, torch.add, operator.sub, torch.sub, operator.iadd):
+        alpha = abs(float(node.kwargs.get("alpha", 1.0)))
+        a, b = (lins + [None, None])[:2]
+        return (a or 0.0) + alpha * (b or 0.0)
+    if f in (operator.mul, torch.mul, operator.truediv, torch.div):
+        a, b = (lins + [None, None])[:2]
+        if a is not None and b is not None:
+            raise NoBound(f"{node.name}: product or quotient of two input-dependent values")
+        if a is None and f in (operator.truediv, torch.div):
+            raise NoBound(f"{node.name}: division by an input-dependent value")
+        const = val(args[1] if a is not None else args[0])
+        if f in (operator.truediv, torch.div):
+            c = 1.0 / (const.detach().abs().min().item() if isinstance(const, torch.Tensor)
+                       else abs(float(const)))
+        else:
+            c = _maxabs(const)
+        return record(node, name, c, c * (a if a is not None else b))
+    if f in (operator.neg, torch.neg, operator.pos):
+        return lins[0]
+    if f in FUNCTION_CONSTANTS:
+        c = FUNCTION_CONSTANTS[f]
+        if f is F.dropout and node.kwargs.get("training", args[2] if len(args) > 2 else False):
+            raise NoBound(f"{node.name}: dropout in training mode")
+        return record(node, name, c, c * lins[0]) if c != 1.0 else lins[0]
+    if f in SHAPE_FUNCTIONS:
+        return lins[0]
+    if f is operator.getitem:
+        idx = args[1]
+        if isinstance(val(args[0]), tuple | list):
+            return lip_of_item(args[0], idx, arg_lip)
+        if _plain_index(idx):
+            return lins[0]
+        raise NoBound(f"{node.name}: indexing with tensors may repeat entries")
+    if f is torch.cat or f is torch.stack:
+        return arg_lip(args[0])
+    if f in (torch.mean, torch.sum):
+        return record(node, name, *_reduce_factor(node, values, name, lins[0]))
+    if f is torch.lerp:
+        a, b = lins[0], lins[1]
+        w = val(args[2])
+        if lins[2] is not None:
+            raise NoBound(f"{node.name}: lerp with an input-dependent weight")
+        wa, wb = _maxabs(1 - w), _maxabs(w)
+        return (wa * (a or 0.0)) + (wb * (b or 0.0))
+    if f in (F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d):
+        m = {F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d, F.avg_pool2d: nn.AvgPool2d,
+             F.max_pool2d: nn.MaxPool2d}[f](*args[1:], **node.kwargs)
+        factor, bound = _module_rule(m.eval(), node, values, lins[0], set(), {})
+        return record(node, name, factor, bound)
+    if f in (F.conv2d, F.linear):
+        if any(x is not None for x in lins[1:]):
+            raise NoBound(f"{node.name}: {name} with an input-dependent weight")
+        w = val(args[1]).detach().double()
+        if f is F.linear:
+            factor = matrix_norm(w)
+        else:
+            kw = dict(zip(("bias", "stride", "padding", "dilation", "groups"), args[2:]))
+            kw.update(node.kwargs)
+            factor = conv2d_norm_bound(w, input_hw=val(args[0]).shape[-2:],
+                                       stride=kw.get("stride", 1), padding=kw.get("padding", 0),
+                                       dilation=kw.get("dilation", 1), groups=kw.get("groups", 1))
+        return record(node, name, factor, factor * lins[0])
+    raise NoBound(f"no Lipschitz rule for function {name} (node {node.name})")
+
+
+def lip_of_item(container, idx, arg_lip):
+    if isinstance(container, fx.Node):
+        return arg_lip(container)               # a tuple-valued node: its bound covers all
+    return arg_lip(container[idx])
+
+
+def _plain_index(idx) -> bool:
+    items = idx if isinstance(idx, tuple) else (idx,)
+    return all(isinstance(i, int | slice) or i is None or i is Ellipsis for i in items)
+
+
+def _reduce_factor(node, values, name, l_in) -> tuple[float, float]:
+    x = values[node.args[0]]
+    dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
+    if dims is None:
+        k = x.numel() // x.shape[0]
+    else:
+        dims = (dims,) if isinstance(dims, int) else tuple(dims)
+        k = math.prod(x.shape[d] for d in dims)
+    factor = 1 / math.sqrt(k) if name == "mean" else math.sqrt(k)
+    return factor, factor * l_in
+
+
+def _method_rule(node, values, arg_lip, val, record) -> float:
+    name = node.target
+    l_in = arg_lip(node.args[0])
+    if name in SHAPE_METHODS:
+        return l_in
+    if name in ("mean", "sum"):
+        return record(node, name, *_reduce_factor(node, values, name, l_in))
+    if name in ("relu", "tanh"):
+        return l_in
+    if name == "sigmoid":
+        return record(node, name, 0.25, 0.25 * l_in)
+    if name in ("mul", "div", "add", "sub"):
+        other = node.args[1] if len(node.args) > 1 else None
+        if arg_lip(other) is not None:
+            if name in ("add", "sub"):
+                return l_in + arg_lip(other)
+            raise NoBound(f"{node.name}: product or quotient of two input-dependent values")
+        if name in ("add", "sub"):
+            return l_in
+        c = val(other)
+        c = _maxabs(c) if name == "mul" else 1.0 / (
+            c.detach().abs().min().item() if isinstance(c, torch.Tensor) else abs(float(c)))
+        return record(node, name, c, c * l_in)
+    raise NoBound(f"no Lipschitz rule for method .{name}() (node {node.name})")
+
+
+# -- lower bounds ----------------------------------------------------------------------------
+def _context(gradient):
+    return gradient() if gradient is not None else contextlib.nullcontext()
+
+
+def jacobian_norms(model: nn.Module, x: torch.Tensor, *, iters: int = 20, seed: int = 0,
+                   gradient: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example of ``x`` (N, ...), a lower bound on the spectral norm of the input Jacobian
+    of ``model`` (eval mode, examples independent): ``iters`` steps of power iteration on
+    J^T J (``torch.func.jvp`` then ``vjp``). Returns (norms (N,), unit directions like x):
+    ||J v|| for the last unit v, the best of the iterates (each is a valid lower bound)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = x.detach()
+    v = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+    v = v / v.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *[1] * (x.dim() - 1))
+    best = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+    best_v = v.clone()
+    with _context(gradient):
+        _, vjp_fn = torch.func.vjp(model, x)
+        for _ in range(max(1, iters)):
+            _, jv = torch.func.jvp(model, (x,), (v,))
+            jv = jv.detach()
+            norm = jv.flatten(1).norm(dim=1).double()
+            better = norm > best
+            best = torch.where(better, norm, best)
+            best_v[better] = v[better]
+            (jtjv,) = vjp_fn(jv.to(x.dtype))
+            jtjv = jtjv.detach()
+            n = jtjv.flatten(1).norm(dim=1).clamp_min(1e-30)
+            v = (jtjv / n.view(-1, *[1] * (x.dim() - 1))).detach()
+    return best, best_v
+
+
+def pair_ratios(model: nn.Module, x: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """||f(x) - f(x2)|| / ||x - x2|| per pair (float64; NaN where x2 == x)."""
+    with torch.no_grad():
+        num = (model(x) - model(x2)).flatten(1).double().norm(dim=1)
+    x, x2 = x.detach(), x2.detach()
+    den = (x - x2).flatten(1).double().norm(dim=1)
+    return torch.where(den > 0, num / den.clamp_min(1e-300), torch.nan)
+
+
+def ascend_pairs(model: nn.Module, x: torch.Tensor, *, radius: float = 0.05, steps: int = 20,
+                 start: torch.Tensor | None = None, seed: int = 0,
+                 gradient: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Projected gradient ascent, per example, on r(x') = ||f(x') - f(x)|| / ||x' - x|| over
+    x' in [0, 1] with ||x' - x|| <= ``radius`` (l2, pixel units). Starts at x + radius * d
+    (``start``: unit directions, e.g. from :func:`jacobian_norms`; default random), steps of
+    normalised gradients with a step size shrinking from radius / 2. Returns (the best ratio
+    per example, measured by forward passes only, and the x' attaining it)."""
+    x = x.detach()
+    view = (-1, *[1] * (x.dim() - 1))
+    if start is None:
+        gen = torch.Generator().manual_seed(seed)
+        start = torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+    d = start / start.flatten(1).norm(dim=1).clamp_min(1e-30).view(view)
+    xp = (x + radius * d).clamp(0, 1)
+    with torch.no_grad():
+        fx0 = model(x)
+    best = pair_ratios(model, x, xp).nan_to_num(0.0)
+    best_x = xp.clone()
+    for t in range(steps):
+        xp = xp.detach().requires_grad_(True)
+        with _context(gradient), torch.enable_grad():
+            diff = (model(xp) - fx0).flatten(1).norm(dim=1)
+            dist = (xp - x).flatten(1).norm(dim=1).clamp_min(1e-12)
+            obj = (diff.clamp_min(1e-12).log() - dist.log()).sum()
+            (g,) = torch.autograd.grad(obj, xp)
+        g = g / g.flatten(1).norm(dim=1).clamp_min(1e-30).view(view)
+        step = radius / 2 * (1 - t / steps) + radius / 20
+        with torch.no_grad():
+            xp = xp + step * g
+            delta = xp - x
+            n = delta.flatten(1).norm(dim=1).view(view)
+            xp = (x + delta * (radius / n.clamp_min(1e-30)).clamp(max=1.0)).clamp(0, 1)
+            r = pair_ratios(model, x, xp).nan_to_num(0.0)
+            better = r > best
+            best = torch.where(better, r, best)
+            best_x[better] = xp[better]
+    return best, best_x
