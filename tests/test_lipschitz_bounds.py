@@ -248,3 +248,39 @@ def test_lower_bound_of_a_linear_map_is_exact():
     assert norms.numpy() == pytest.approx([exact] * 3, rel=1e-6)
     assert (ratio.numpy() <= exact * (1 + 1e-9)).all() and (ratio.numpy() > 0.99 * exact).all()
     assert math.isclose(upper_bound(net, x[:1]).value, exact, rel_tol=1e-9)
+
+
+def test_lca_iteration_bound_is_above_dense_jacobians_of_the_unrolled_codes():
+    """A small soft-threshold LCA (η ||Φ||² <= 2): the bound on s -> codes after K steps is
+    above the dense Jacobian norm at random signals, for each K, and one step's Jacobian in u
+    is below ρ = sqrt(1 + (1 - η)²)."""
+    from models.front_ends.lca import LCA
+
+    torch.manual_seed(0)
+    lca = LCA(in_channels=1, features=6, kernel_size=3, stride=1, lambda_=0.1, tau=1.0,
+              iterations=4, standardize_input=False).double()
+    phi2 = lca.dictionary_norm((5, 5)) ** 2
+    lca.tau = max(1.0, phi2 / 2)              # the refined rate applies
+    eta = 1 / lca.tau
+    rho = math.sqrt(1 + (1 - eta) ** 2)
+    for k in (1, 2, 4):
+        bound = lca.iteration_bound((5, 5), signal=1.0, start=0.0, iterations=k)
+        for seed in range(3):
+            torch.manual_seed(seed)
+            s = torch.randn(1, 1, 5, 5, dtype=torch.float64)
+            jac = dense_jacobian(lambda v, k=k: lca.encode(v, iterations=k).codes, s)
+            assert np_norm(jac) <= bound * (1 + 1e-9)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        s = torch.randn(1, 1, 5, 5, dtype=torch.float64)
+        u = torch.randn(1, *lca.code_shape(5, 5), dtype=torch.float64)
+        step = dense_jacobian(lambda v, s=s: lca.encode(s, v, iterations=1).states, u)
+        assert np_norm(step) <= rho * (1 + 1e-9)
+
+
+def test_lca_with_a_hard_threshold_has_no_bound():
+    from models.front_ends.lca import LCA
+
+    lca = LCA(in_channels=3, features=4, kernel_size=3, threshold="hard", iterations=2).eval()
+    ub = upper_bound(lca, torch.rand(1, 3, 8, 8))
+    assert not ub.bounded and "discontinuous" in ub.reason

@@ -59,6 +59,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metrics.lipschitz import NoBound
+from metrics.operator_norms import conv2d_norm_bound, dense_operator, matrix_norm
+
 THRESHOLDS = ("soft", "hard")
 
 
@@ -360,6 +363,65 @@ class LCA(nn.Module):
         if mode not in self.gradient_modes:
             raise ValueError(f"gradient mode must be one of {self.gradient_modes}, got {mode!r}")
         return self.encode(s, start(s), iterations=iterations).codes
+
+    # Where it counts: metrics.sparsity hooks the codes, metrics.lipschitz asks for the bound;
+    # the derivative of the forward is the unrolled backward (attacks.gradients.use_derivative).
+    sparsity_site = "codes"
+    derivative_mode = "unrolled"
+
+    def signal_bound(self, x: torch.Tensor) -> float:
+        """l2 Lipschitz bound of ``prepare`` (images -> coded signal s) on inputs shaped like
+        ``x``: per-sample standardisation c / (std(c) + eps) has Jacobian norm at most
+        1 / (a ||c|| + eps) <= 1 / eps (a = 1 / sqrt(n - 1); reached by near-constant images),
+        times the whitening filter's exact norm (dense SVD of the reflect-padded conv)."""
+        bound = 1.0 / 1e-6 if self.standardize_input else 1.0
+        if self.whitening is not None:
+            filt = self.whitening.double()
+            op = dense_operator(lambda v: whiten(v, filt), tuple(x.shape[1:]),
+                                device=filt.device)
+            bound *= matrix_norm(op)
+        return bound
+
+    def iteration_bound(self, size: tuple[int, int], *, signal: float, start: float,
+                        iterations: int) -> float:
+        """l2 Lipschitz bound of the codes after ``iterations`` steps, given bounds on the
+        signal s (``signal``) and on the initial state u(0) (``start``, 0 from zeros).
+
+        One step is u <- (1 - η) u + η (Φᵀ s + a - ΦᵀΦ a), a = T(u): η ||Φ|| in s, and in u
+        its Jacobian (a.e.; T's slope D is 0 or 1 per unit for the soft threshold) is
+        block-triangular over the active (A) and inactive (I) units: [[I - η G_AA, 0],
+        [-η G_IA, (1 - η) I]] with G = ΦᵀΦ. The first block column, E_A - η ΦᵀΦ_A, has norm
+        <= 1 when η ||Φ||² <= 2 (||x||² - η (2 - η ||Φ||²) ||Φ_A x||²), so the Jacobian's norm is
+        at most ρ = sqrt(1 + (1 - η)²) (Cauchy-Schwarz); always valid is the cruder
+        |1 - η| + η max(1, ||Φ||² - 1) (the norm of I - ΦᵀΦ). With the smaller ρ,
+        L(t+1) = ρ L(t) + η ||Φ|| L_s. ||Φ|| is the circular-embedding upper bound of the strided
+        drive convolution. The bound grows like ρ^t: on the bundled dictionary it is vacuous
+        after 100 iterations. A hard threshold is discontinuous: no bound."""
+        if self.threshold != "soft":
+            raise NoBound(f"LCA with a {self.threshold} threshold is discontinuous in its input")
+        phi = self.dictionary_norm(size)
+        eta = 1.0 / self.tau
+        rho = abs(1 - eta) + eta * max(1.0, phi * phi - 1.0)
+        if 0 < eta <= 1 and eta * phi * phi <= 2:
+            rho = min(rho, (1 + (1 - eta) ** 2) ** 0.5)
+        bound = start
+        for _ in range(iterations):
+            bound = rho * bound + eta * phi * signal
+        return bound
+
+    def dictionary_norm(self, size: tuple[int, int]) -> float:
+        """A rigorous upper bound on ||Φ|| (the drive convolution's operator norm) on inputs of
+        ``size`` (:func:`metrics.operator_norms.conv2d_norm_bound`)."""
+        return conv2d_norm_bound(self.dictionary, input_hw=size, stride=self.stride,
+                                 padding=self.padding)
+
+    def lipschitz_bound(self, x: torch.Tensor) -> float:
+        """Certified l2 Lipschitz bound of images -> codes (``metrics.lipschitz`` protocol),
+        for the unrolled iterations from zero: see :meth:`signal_bound` and
+        :meth:`iteration_bound`. Per-sample standardisation makes it vast (1 / eps): the
+        map is not Lipschitz-controlled near constant images."""
+        return self.iteration_bound(tuple(x.shape[-2:]), signal=self.signal_bound(x), start=0.0,
+                                    iterations=self.iterations)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}->{self.features}, kernel={self.kernel_size}, "

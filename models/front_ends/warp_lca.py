@@ -27,6 +27,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from metrics.lipschitz import NoBound, upper_bound
 from models.front_ends.lca import LCA, LCAOutput
 
 
@@ -71,6 +72,25 @@ class WarpLCA(nn.Module):
     # predictor and the unrolled iterations, or BPDA from the converged state.
     gradient_modes = ("unrolled", "bpda")
     gradient_mode = "unrolled"
+
+    derivative_mode = "unrolled"
+    sparsity_site = "codes"
+
+    def lipschitz_bound(self, x: torch.Tensor) -> float:
+        """Certified l2 Lipschitz bound of images -> codes (``metrics.lipschitz`` protocol):
+        u(0) = b + P(b), b = Φᵀ s, is bounded by (1 + L(P)) ||Φ|| L_s (P's bound composed by
+        :func:`metrics.lipschitz.upper_bound`), then :meth:`LCA.iteration_bound`."""
+        lca = self.lca
+        signal = lca.signal_bound(x)
+        with torch.no_grad():
+            b = lca.drive(lca.prepare(x[:1]))
+        pred = upper_bound(self.predictor, b)
+        if pred.value is None:
+            raise NoBound(f"WARP-LCA predictor: {pred.reason}")
+        size = tuple(x.shape[-2:])
+        phi = lca.dictionary_norm(size)
+        return lca.iteration_bound(size, signal=signal, start=(1 + pred.value) * phi * signal,
+                                   iterations=self.iterations)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.lca.codes(self.lca.prepare(x), self.predict_states,
