@@ -32,10 +32,17 @@ def predict(model, images_u8: torch.Tensor, labels: torch.Tensor, *, device: str
             xb = xb.to(device, non_blocking=True).to(dtype)
             xb = xb if scaled else xb.div_(255)
             xb = xb.contiguous(memory_format=torch.channels_last)
-            logits = model(xb).float()
-            yb = yb.to(device, non_blocking=True)
-            finite = torch.isfinite(logits).all(1)
-            preds.append(torch.where(finite, logits.argmax(1), NO_PREDICTION))
-            loss = F.cross_entropy(logits, yb, reduction="none")
-            losses.append(torch.where(finite, loss, torch.nan))
+            pred, loss = outcomes(model(xb), yb.to(device, non_blocking=True))
+            preds.append(pred)
+            losses.append(loss)
     return torch.cat(preds).cpu(), torch.cat(losses).cpu()
+
+
+def outcomes(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pred, loss) per example of a batch of logits: the argmax and the cross-entropy, or
+    :data:`~harness.records.NO_PREDICTION` and NaN where the logits are not all finite."""
+    logits = logits.float()
+    finite = torch.isfinite(logits).all(1)
+    pred = torch.where(finite, logits.argmax(1), NO_PREDICTION)
+    loss = F.cross_entropy(logits, labels, reduction="none")
+    return pred, torch.where(finite, loss, torch.nan)

@@ -284,3 +284,21 @@ def test_lca_with_a_hard_threshold_has_no_bound():
     lca = LCA(in_channels=3, features=4, kernel_size=3, threshold="hard", iterations=2).eval()
     ub = upper_bound(lca, torch.rand(1, 3, 8, 8))
     assert not ub.bounded and "discontinuous" in ub.reason
+
+
+def test_standardisation_bound_is_reached_near_constant_images():
+    """LCA.signal_bound says per-image standardisation is 1/eps-Lipschitz, reached near
+    constant images: the dense Jacobian there is close to it and never above."""
+    from models.front_ends.lca import LCA
+
+    lca = LCA(in_channels=3, features=4, kernel_size=3).double()
+    x = torch.full((1, 3, 4, 4), 0.5, dtype=torch.float64)
+    bound = lca.signal_bound(x)
+    assert bound == pytest.approx(1e6)
+    for scale in (1e-12, 1e-3, 1.0):
+        torch.manual_seed(0)
+        xr = x + scale * torch.randn_like(x)
+        norm = np_norm(dense_jacobian(lca.prepare, xr))
+        assert norm <= bound * (1 + 1e-9)
+        if scale == 1e-12:
+            assert norm > 0.99 * bound
