@@ -38,6 +38,16 @@ from torch import nn
 INITS = ("relu", "leaky_relu", "identity")
 
 
+def _channels_last(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a 4-D tensor laid out channels_last (and not also contiguous)."""
+    if x.dim() != 4 or x.is_contiguous():
+        return False
+    try:
+        return x.is_contiguous(memory_format=torch.channels_last)
+    except RuntimeError:   # vmap's batched tensors only answer for the contiguous format
+        return False
+
+
 def _rows(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...] | None]:
     """A contiguous view of ``x`` whose last or second axis is the activation axis, and the
     permutation that undoes it (None: none needed).
@@ -45,7 +55,7 @@ def _rows(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...] | None]:
     2-D (N, C) and contiguous (N, C, H, W) inputs are used as they are (channel = axis 1);
     channels_last inputs are viewed as (N, H, W, C) (channel = last axis), a free permute.
     """
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if _channels_last(x):
         return x.permute(0, 2, 3, 1), (0, 3, 1, 2)
     return x.contiguous(), None
 
@@ -61,10 +71,18 @@ def _offsets(x_rows: torch.Tensor, inverse: tuple | None, num: int, size: int) -
 
 class _SplineFn(torch.autograd.Function):
     """Linear-spline evaluation with a hand-written backward (autograd through gathers would
-    store and scatter far more)."""
+    store and scatter far more) and forward-mode derivative, so it runs under ``torch.func``
+    (vjp, jvp, vmap: the vmap rule is generated from these staticmethods).
+
+    ``forward`` returns, besides the output, the per-element intermediates the derivatives
+    need (left-knot index, position within the interval, the interval's rise): new-style
+    Functions (``setup_context``) can keep only inputs and outputs. They are marked
+    non-differentiable; :meth:`DeepSpline.forward` returns only the first output."""
+
+    generate_vmap_rule = True
 
     @staticmethod
-    def forward(ctx, x, coefficients, grid):
+    def forward(x, coefficients, grid):
         num, size = coefficients.shape
         x_rows, inverse = _rows(x)
         offsets = _offsets(x_rows, inverse, num, size)
@@ -81,17 +99,28 @@ class _SplineFn(torch.autograd.Function):
         out = c.reshape(-1).index_select(0, flat).view_as(frac).addcmul_(rise, frac).to(x.dtype)
         if inverse is not None:
             out = out.permute(*inverse)
-        ctx.save_for_backward(idx, frac, rise)
-        ctx.grid, ctx.inverse, ctx.shape = grid, inverse, (num, size)
-        ctx.coef_dtype = coefficients.dtype
-        return out
+        return out, idx, frac, rise
 
     @staticmethod
-    def backward(ctx, grad):
+    def setup_context(ctx, inputs, output):
+        x, coefficients, grid = inputs
+        _, idx, frac, rise = output
+        ctx.mark_non_differentiable(idx, frac, rise)
+        ctx.set_materialize_grads(False)        # no zero gradients for the intermediates
+        ctx.save_for_backward(idx, frac, rise)
+        ctx.save_for_forward(idx, frac, rise)
+        ctx.grid, ctx.shape = grid, tuple(coefficients.shape)
+        ctx.inverse = (0, 3, 1, 2) if _channels_last(x) else None     # as forward's _rows
+        ctx.x_dtype, ctx.coef_dtype = x.dtype, coefficients.dtype
+
+    @staticmethod
+    def backward(ctx, grad, *_):
         idx, frac, rise = ctx.saved_tensors
+        grad_x = grad_c = None
+        if grad is None:                        # the output does not reach the loss
+            return grad_x, grad_c, None
         g = grad.permute(0, 2, 3, 1) if ctx.inverse is not None else grad
         g = g.to(frac.dtype).contiguous()
-        grad_x = grad_c = None
         if ctx.needs_input_grad[0]:
             grad_x = (g * rise).mul_(1.0 / ctx.grid).to(grad.dtype)
             if ctx.inverse is not None:
@@ -105,6 +134,29 @@ class _SplineFn(torch.autograd.Function):
             grad_c[1:] += right[:-1]   # a left knot is never a row's last, so no row bleeds
             grad_c = grad_c.view(ctx.shape).to(ctx.coef_dtype)
         return grad_x, grad_c, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, c_tangent, _grid_tangent):
+        """The Jacobian the backward transposes: d out = (rise / T) dx + (1 - frac) dc[left]
+        + frac dc[left + 1], per element, on the rows layout of the forward."""
+        idx, frac, rise = ctx.saved_tensors
+        out = None
+        if x_tangent is not None:
+            t = x_tangent.permute(0, 2, 3, 1) if ctx.inverse is not None else x_tangent
+            out = (t.to(frac.dtype) * rise).mul_(1.0 / ctx.grid)
+        if c_tangent is not None:
+            tc = c_tangent.to(frac.dtype)
+            flat = idx.view(-1)
+            t_rise = F.pad(tc[:, 1:] - tc[:, :-1], (0, 1)).reshape(-1).index_select(0, flat)
+            t_left = tc.reshape(-1).index_select(0, flat)
+            dc = t_left.view_as(frac).addcmul_(t_rise.view_as(frac), frac)
+            out = dc if out is None else out.add_(dc)
+        if out is None:
+            return None, None, None, None
+        out = out.to(ctx.x_dtype)
+        if ctx.inverse is not None:
+            out = out.permute(*ctx.inverse)
+        return out, None, None, None
 
 
 def project_slopes(coefficients: torch.Tensor, grid: float, bound: float) -> torch.Tensor:
@@ -177,7 +229,7 @@ class DeepSpline(nn.Module):
             raise ValueError(f"DeepSpline({self.num_activations}) expects (N, "
                              f"{self.num_activations}) or (N, {self.num_activations}, H, W) "
                              f"input, got {tuple(x.shape)}")
-        return _SplineFn.apply(x, self.effective_coefficients(), self.grid)
+        return _SplineFn.apply(x, self.effective_coefficients(), self.grid)[0]
 
     def slopes(self) -> torch.Tensor:
         """Slopes of the applied activation between consecutive knots (num, size - 1)."""

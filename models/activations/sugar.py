@@ -18,7 +18,12 @@ Attacks: the surrogate backward is not the derivative of the forward, so a gradi
 through it may be misled (gradient masking). ``Sugar`` declares the gradient modes of
 :mod:`attacks.gradients`: ``gradient_mode = "surrogate"`` (default, the training backward) or
 ``"exact"`` (plain ``torch.relu`` through autograd: ReLU's true derivative, same values);
-attack suites run both and keep the worse per example.
+attack suites run both and keep the worse per example. ``derivative_mode = "exact"`` names the
+mode whose backward is the forward's derivative (Lipschitz / CLEVER estimates use it).
+
+``torch.func``: forward-mode derivatives (``jvp``, also plain forward-mode AD) use the same
+Jacobian as the backward in each mode (the surrogate's s'(x), or ReLU's), and ``vmap`` works
+through the Function's generated rule.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import math
 from collections.abc import Callable
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import nn
 
 _SELU_ALPHA = 1.6732632423543772
@@ -95,21 +101,52 @@ SURROGATES: dict[str, tuple[Callable[[torch.Tensor, float], torch.Tensor], float
 
 
 class _SugarFn(torch.autograd.Function):
+    """ReLU whose derivative, in both directions, is the surrogate's: the backward multiplies
+    the gradient and ``jvp`` the tangent by the same diagonal Jacobian s'(x), so reverse and
+    forward mode (``torch.func.vjp`` / ``jvp``) see one linearisation; the vmap rule is
+    generated from these staticmethods."""
+
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, x, derivative, alpha, negative_only):
-        ctx.save_for_backward(x)
-        ctx.derivative, ctx.alpha, ctx.negative_only = derivative, alpha, negative_only
+    def forward(x, derivative, alpha, negative_only):
         return torch.relu(x)
 
     @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, derivative, alpha, negative_only = inputs
+        ctx.save_for_backward(x)
+        ctx.save_for_forward(x)
+        ctx.derivative, ctx.alpha, ctx.negative_only = derivative, alpha, negative_only
+
+    @staticmethod
     def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        if ctx.derivative is _bsilu and not ctx.negative_only:
-            return _bsilu_grad(grad, x, ctx.alpha), None, None, None
-        d = ctx.derivative(x, ctx.alpha)
-        if ctx.negative_only:
-            d = torch.where(x > 0, torch.ones_like(d), d)
-        return grad * d, None, None, None
+        return _times_surrogate_derivative(ctx, grad), None, None, None
+
+    @staticmethod
+    def jvp(ctx, x_tangent, *_):
+        return _times_surrogate_derivative(ctx, x_tangent)
+
+
+def _times_surrogate_derivative(ctx, v: torch.Tensor) -> torch.Tensor:
+    """v * s'(x), x saved by :class:`_SugarFn`: the surrogate Jacobian (diagonal) applied to a
+    gradient (backward) or a tangent (jvp)."""
+    (x,) = ctx.saved_tensors
+    if ctx.derivative is _bsilu and not ctx.negative_only:
+        return _bsilu_grad(v, x, ctx.alpha)
+    d = ctx.derivative(x, ctx.alpha)
+    if ctx.negative_only:
+        d = torch.where(x > 0, torch.ones_like(d), d)
+    return v * d
+
+
+def _differentiated(x: torch.Tensor) -> bool:
+    """Whether a derivative of this call can be taken: autograd records ``x``, a
+    ``torch.func`` transform (vjp, jvp, vmap, ...) is active, or ``x`` carries a forward-mode
+    tangent. Otherwise the forward is plain ReLU, without the Function's overhead."""
+    return ((torch.is_grad_enabled() and x.requires_grad)
+            or torch._C._functorch.peek_interpreter_stack() is not None
+            or fwAD.unpack_dual(x).tangent is not None)
 
 
 class Sugar(nn.Module):
@@ -134,9 +171,11 @@ class Sugar(nn.Module):
 
     # Backward passes an attack can choose (attacks.gradients); the forward is ReLU in both.
     gradient_modes = ("surrogate", "exact")
+    # The mode whose backward is the forward's derivative (attacks.gradients.use_derivative).
+    derivative_mode = "exact"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gradient_mode == "exact" or not (torch.is_grad_enabled() and x.requires_grad):
+        if self.gradient_mode == "exact" or not _differentiated(x):
             return torch.relu(x)
         return _SugarFn.apply(x, SURROGATES[self.surrogate][0], self.alpha, self.negative_only)
 
