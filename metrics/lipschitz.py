@@ -20,7 +20,7 @@ from its inputs' bounds by a rule:
   wrong number.
 
 Protocol (duck-typed, so ``metrics`` never imports ``models``): a module with a method
-``lipschitz_bound(x) -> float`` (``x``: an example input of the module, for shapes) is not
+``certified_lipschitz(x) -> float`` (``x``: an example input of the module, for shapes) is not
 traced into; the float bounds its own map. It raises :class:`NoBound` with a reason when it
 has none. A composite module may call :func:`upper_bound` on its parts.
 
@@ -108,7 +108,7 @@ class _Tracer(fx.Tracer):
               *ACTIVATION_CONSTANTS)
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if callable(getattr(m, "lipschitz_bound", None)) and qualname:
+        if callable(getattr(m, "certified_lipschitz", None)) and qualname:
             return True
         return isinstance(m, self.LEAVES) or super().is_leaf_module(m, qualname)
 
@@ -136,9 +136,9 @@ def upper_bound(model: nn.Module, example: torch.Tensor) -> UpperBound:
     if model.training:
         return UpperBound(None, "the model is in training mode (BatchNorm and dropout depend "
                                 "on the batch); call model.eval()")
-    if callable(getattr(model, "lipschitz_bound", None)):
+    if callable(getattr(model, "certified_lipschitz", None)):
         try:
-            value = float(model.lipschitz_bound(example))
+            value = float(model.certified_lipschitz(example))
         except NoBound as exc:
             return UpperBound(None, str(exc))
         return UpperBound(value, "", pd.DataFrame([{"node": type(model).__name__,
@@ -235,8 +235,8 @@ def _module_rule(m, node, values, l_in, folded, modules) -> tuple[float, float]:
     x = values[node.args[0]] if node.args else None
     if node in folded:                                   # a BatchNorm folded into its conv
         return 1.0, l_in
-    if callable(getattr(m, "lipschitz_bound", None)):
-        factor = float(m.lipschitz_bound(x))
+    if callable(getattr(m, "certified_lipschitz", None)):
+        factor = float(m.certified_lipschitz(x))
         return factor, factor * l_in
     if isinstance(m, (nn.Conv2d, nn.Linear)):
         w = m.weight.detach().double()

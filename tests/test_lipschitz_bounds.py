@@ -207,7 +207,7 @@ def test_declared_bounds_and_training_mode():
         def forward(self, x):
             return 3 * torch.tanh(x)
 
-        def lipschitz_bound(self, x):
+        def certified_lipschitz(self, x):
             return 3.0
 
     net = nn.Sequential(nn.Flatten(), nn.Linear(12, 2, bias=False), Declares()).eval()
@@ -302,3 +302,43 @@ def test_standardisation_bound_is_reached_near_constant_images():
         assert norm <= bound * (1 + 1e-9)
         if scale == 1e-12:
             assert norm > 0.99 * bound
+
+
+def test_declared_constants_of_the_bundled_activations_bound_their_slopes():
+    """SUGAR declares ReLU's 1 and a deep spline its largest |slope|: above the largest
+    |derivative| autograd finds on a fine grid (beyond the knots too), and reached."""
+    from models.activations import make_activation
+    from models.zoo import create_model
+
+    spline = next(m for m in create_model("resnet8-deepspline", pretrained=True).modules()
+                  if type(m).__name__ == "DeepSpline")
+    x = torch.linspace(-8, 8, 64_001).repeat(spline.num_activations, 1).t().contiguous()
+    x.requires_grad_(True)
+    (g,) = torch.autograd.grad(spline(x).sum(), x)
+    declared = spline.certified_lipschitz(x)
+    assert g.abs().max().item() <= declared * (1 + 1e-5)
+    assert g.abs().max().item() >= declared * 0.999
+    sugar = make_activation("sugar-bsilu", num_channels=4)
+    with torch.enable_grad():
+        from attacks.gradients import use_derivative
+
+        xs = torch.linspace(-5, 5, 1001, requires_grad=True)
+        with use_derivative(sugar):
+            (gs,) = torch.autograd.grad(sugar(xs).sum(), xs)
+    assert gs.abs().max().item() <= sugar.certified_lipschitz(xs) == 1.0
+
+
+def test_bundled_one_lipschitz_model_bound_agrees_with_its_own():
+    """The generic composition on the 1-Lip ResNet-8 gives at most the architecture's own
+    product bound (models.architectures.lipschitz_upper_bound, written independently of the
+    fx rules), and both are <= 1 + 1e-3."""
+    from models.architectures.lipschitz import lipschitz_upper_bound
+    from models.zoo import create_model
+
+    model = create_model("resnet8-deepspline-1lip", pretrained=True).eval()
+    x = torch.rand(1, 3, 32, 32)
+    generic = upper_bound(model, x)
+    own = lipschitz_upper_bound(model, method="fft")
+    assert generic.bounded
+    assert generic.value <= own * (1 + 1e-6) <= 1 + 1e-3
+    assert generic.value >= 0.9 * own

@@ -231,6 +231,16 @@ class DeepSpline(nn.Module):
                              f"input, got {tuple(x.shape)}")
         return _SplineFn.apply(x, self.effective_coefficients(), self.grid)[0]
 
+    # What metrics.sparsity counts: the spline's output (exact zeros where it is flat at 0).
+    sparsity_site = "activation"
+
+    def certified_lipschitz(self, x: torch.Tensor) -> float:
+        """l2 Lipschitz constant of the applied activation (metrics.lipschitz protocol): the
+        largest |slope| over channels and segments, end slopes included (elementwise, so the
+        map on a whole tensor has the same constant)."""
+        with torch.no_grad():
+            return self.lipschitz().max().item()
+
     def slopes(self) -> torch.Tensor:
         """Slopes of the applied activation between consecutive knots (num, size - 1)."""
         c = self.effective_coefficients()

@@ -173,6 +173,13 @@ class Sugar(nn.Module):
     gradient_modes = ("surrogate", "exact")
     # The mode whose backward is the forward's derivative (attacks.gradients.use_derivative).
     derivative_mode = "exact"
+    # What metrics.sparsity counts (an activation: its exact zeros are ReLU's).
+    sparsity_site = "activation"
+
+    def certified_lipschitz(self, x: torch.Tensor) -> float:
+        """l2 Lipschitz constant of the forward, ReLU: 1 (metrics.lipschitz protocol; the
+        surrogate changes only the backward)."""
+        return 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gradient_mode == "exact" or not _differentiated(x):

@@ -30,13 +30,13 @@ of Aziznejad et al. 2020, Sec. IV): ``method="fft"`` (rigorous, <= 1 by construc
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metrics.operator_norms import conv2d_norm_bound, matrix_norm
 from models.activations import make_activation
 from models.activations.deepspline import DeepSpline
 from models.architectures._common import CIFAR10_MEAN, Normalize
@@ -135,6 +135,16 @@ class _SpectralNorm:
         if torch._C._functorch.is_functorch_wrapped_tensor(w):
             return None
         return (w._version, w.data_ptr(), w.device, w.dtype)
+
+    def certified_lipschitz(self, x: torch.Tensor) -> float:
+        """The normalised layer's certified l2 operator norm on inputs shaped like ``x``
+        (``metrics.lipschitz`` protocol; at most 1 up to rounding on ``input_hw``)."""
+        with torch.no_grad():
+            w = self.normalized_weight().detach()
+        if isinstance(self, nn.Linear):
+            return matrix_norm(w)
+        return conv2d_norm_bound(w, input_hw=tuple(x.shape[-2:]), stride=self.stride,
+                                 padding=self.padding)
 
     def normalized_weight(self) -> torch.Tensor:
         w = self.weight
@@ -289,42 +299,22 @@ class LipschitzResNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layers(self.stem(self.normalize(x)))
-        return x.mean((2, 3)) * math.sqrt(x.shape[2] * x.shape[3])   # norm-1 pooling
+        # norm-1 pooling; ** 0.5, not math.sqrt, so that torch.fx can trace the shape
+        return x.mean((2, 3)) * (x.shape[2] * x.shape[3]) ** 0.5
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x))
 
 
 def circular_norm_bound(layer: nn.Module, weight: torch.Tensor) -> float:
-    """A rigorous, tight upper bound on the operator norm of ``layer`` with ``weight``.
-
-    A zero-padded convolution with padding p and stride s on H x W inputs is a restriction of
-    the strided circular convolution on an n x n grid with n >= H + p, n divisible by s (embed
-    the input with zeros, keep the outputs that never wrap), so its norm is at most the
-    circular one. The DFT block-diagonalises that: for each of the (n/s)^2 coarse frequencies
-    f, the s^2 fine frequencies aliasing to f give the matrix
-    M(f) = [K(f_1), ..., K(f_{s^2})] / s (out x in s^2), and the norm is max_f ||M(f)||_2
-    (stride 1: the largest singular value of the kernel's DFT, Sedghi et al. 2019). Dense
-    layers: the exact largest singular value.
-    """
-    w = weight.detach().double()
+    """A rigorous, tight upper bound on the operator norm of ``layer`` with ``weight``:
+    :func:`metrics.operator_norms.conv2d_norm_bound`'s circular-embedding bound on the layer's
+    ``input_hw`` (always the FFT path, so evaluation divides by the same number whatever the
+    layer's size); dense layers: the exact largest singular value."""
     if isinstance(layer, nn.Linear):
-        return torch.linalg.matrix_norm(w, ord=2).item()
-    (sh, sw), (ph, pw) = layer.stride, layer.padding
-    out_ch, in_ch, kh, kw = w.shape
-    n = []
-    for size, pad, stride, k in ((layer.input_hw[0], ph, sh, kh), (layer.input_hw[1], pw, sw, kw)):
-        m = max(size + pad, k)
-        n.append(-(-m // stride) * stride)                        # round up to a multiple
-    spec = torch.fft.fft2(w, s=tuple(n))                          # (out, in, nh, nw)
-    spec = spec.reshape(out_ch, in_ch, sh, n[0] // sh, sw, n[1] // sw)
-    # aliases of coarse frequency (a, b) are (a + i n/s, b + j n/s): bring (i, j) next to in
-    blocks = spec.permute(3, 5, 0, 1, 2, 4).reshape(-1, out_ch, in_ch * sh * sw)
-    # largest singular value = sqrt(largest eigenvalue of the smaller Gram matrix): a Hermitian
-    # eigenvalue problem is several times cheaper than an SVD for the 512-channel layers
-    gram = (blocks @ blocks.mH if out_ch <= in_ch * sh * sw else blocks.mH @ blocks)
-    top = torch.linalg.eigvalsh(gram)[:, -1].max().clamp_min(0)
-    return (top.sqrt() / math.sqrt(sh * sw)).item()
+        return matrix_norm(weight)
+    return conv2d_norm_bound(weight, input_hw=layer.input_hw, stride=layer.stride,
+                             padding=layer.padding, dense_limit=0)
 
 
 def lipschitz_upper_bound(model: nn.Module, *, method: str = "fft") -> float:

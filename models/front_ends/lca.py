@@ -415,7 +415,7 @@ class LCA(nn.Module):
         return conv2d_norm_bound(self.dictionary, input_hw=size, stride=self.stride,
                                  padding=self.padding)
 
-    def lipschitz_bound(self, x: torch.Tensor) -> float:
+    def certified_lipschitz(self, x: torch.Tensor) -> float:
         """Certified l2 Lipschitz bound of images -> codes (``metrics.lipschitz`` protocol),
         for the unrolled iterations from zero: see :meth:`signal_bound` and
         :meth:`iteration_bound`. Per-sample standardisation makes it vast (1 / eps): the

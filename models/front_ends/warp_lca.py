@@ -76,7 +76,7 @@ class WarpLCA(nn.Module):
     derivative_mode = "unrolled"
     sparsity_site = "codes"
 
-    def lipschitz_bound(self, x: torch.Tensor) -> float:
+    def certified_lipschitz(self, x: torch.Tensor) -> float:
         """Certified l2 Lipschitz bound of images -> codes (``metrics.lipschitz`` protocol):
         u(0) = b + P(b), b = Φᵀ s, is bounded by (1 + L(P)) ||Φ|| L_s (P's bound composed by
         :func:`metrics.lipschitz.upper_bound`), then :meth:`LCA.iteration_bound`."""
