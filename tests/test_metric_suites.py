@@ -133,3 +133,24 @@ def test_every_bundled_model_lower_bounds_below_the_certified_bound(name, tmp_pa
     assert (frame["jacobian_norm"] <= r["upper"]).all()
     assert (frame["pair_ratio"] <= r["upper"]).all()
     assert (frame["jacobian_norm"] > 0).all()
+
+
+def test_sparsity_run_resumes_without_recomputing(tmp_path, capsys):
+    store = str(tmp_path / "s.sqlite")
+    argv = ["run", "--suite", "sparsity", "--model", "lca-resnet8", "--n", "6", "--shard-size",
+            "3", "--store", store, "--quiet"]
+    assert main(argv) == 0
+    with Store(store, readonly=True) as s:
+        first = s.to_frame()
+        run = s.runs()[0]["run_id"]
+        metrics = s.metrics_frame([run])
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "0/2" in capsys.readouterr().out            # nothing recomputed
+    with Store(store, readonly=True) as s:
+        again = s.to_frame()
+    assert first.equals(again)
+    # LCA codes: l0 per image stored, and the codes layer counted as one site
+    assert (first["code_l0"] > 0).all()
+    assert set(metrics.loc[(metrics["name"] == "codes") & (metrics["value"] == 1), "index"]) \
+        == {"front_end"}
