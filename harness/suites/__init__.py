@@ -21,11 +21,13 @@ from harness.suites._base import (
     ShardInputs,
     Suite,
     Table,
+    at_least_one,
     contiguous_shards,
+    count,
     non_negative,
     positive,
     raised_flags,
 )
 
 __all__ = ["SUITES", "EvalContext", "Field", "Metric", "Option", "ShardInputs", "Suite", "Table",
-           "contiguous_shards", "non_negative", "positive", "raised_flags"]
+           "at_least_one", "contiguous_shards", "count", "non_negative", "positive", "raised_flags"]

@@ -73,6 +73,20 @@ def non_negative(value: float) -> float:
     return value
 
 
+def at_least_one(value: int) -> int:
+    """An :class:`Option` check: an integer >= 1 (steps, iterations)."""
+    if value < 1:
+        raise ValueError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def count(value: int) -> int:
+    """An :class:`Option` check: an integer >= 0 (a number of examples, 0 for none)."""
+    if value < 0:
+        raise ValueError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 @dataclass(frozen=True)
 class Option:
     """A suite option: one CLI flag (``--name-with-dashes``) and one ``evaluate`` keyword.

@@ -48,6 +48,7 @@ from harness.suites._base import (
     ShardInputs,
     Suite,
     Table,
+    at_least_one,
     contiguous_shards,
     positive,
     raised_flags,
@@ -81,12 +82,6 @@ def _attack_names(text: str) -> tuple[str, ...]:
         if not name.startswith("torchattacks:"):
             ATTACKS.resolve(name)   # raises with suggestions
     return names
-
-
-def _steps(value: int) -> int:
-    if value < 1:
-        raise ValueError(f"must be an integer >= 1, got {value}")
-    return value
 
 
 def eps_label(norm: str, eps: float) -> str:
@@ -372,18 +367,18 @@ class PGDSuite(AttackSuite):
         Option("l2", "L2 eps list ('none' for no L2)", default="0.25,0.5", metavar="LIST"),
         Option("attacks", "attacks run on every threat, comma-separated (pgd, autoattack, "
                "square, torchattacks:NAME)", default="pgd", metavar="LIST"),
-        Option("steps", "PGD steps", type=int, default=10, check=_steps),
-        Option("restarts", "PGD random restarts", type=int, default=1, check=_steps),
+        Option("steps", "PGD steps", type=int, default=10, check=at_least_one),
+        Option("restarts", "PGD random restarts", type=int, default=1, check=at_least_one),
         Option("step_size", "PGD step size (default 2.5 eps / steps)", type=float,
                check=positive),
         Option("loss", "PGD loss", default="ce", choices=("ce", "dlr", "margin")),
         Option("gradients", "gradient paths: all the model offers, or only its own backward",
                default="all", choices=("all", "default")),
         Option("eot", "gradient samples per step (expectation over transformation)", type=int,
-               default=1, check=_steps),
+               default=1, check=at_least_one),
         Option("checks", "run the gradient-masking checks", type=bool, default=True),
         Option("check_n", "examples the masking checks use", type=int, default=100,
-               check=_steps),
+               check=at_least_one),
         Option("early_stop", "drop fooled examples from the batch (changes no outcome)",
                type=bool, default=True),
     )

@@ -38,23 +38,13 @@ from harness.suites._base import (
     Option,
     Suite,
     Table,
+    at_least_one,
     contiguous_shards,
+    count,
     positive,
 )
 
 DEFAULT_N = 100
-
-
-def _at_least_one(value: int) -> int:
-    if value < 1:
-        raise ValueError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def _count(value: int) -> int:
-    if value < 0:
-        raise ValueError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 def _fmt(value: float) -> str:
@@ -67,19 +57,19 @@ class LipschitzSuite(Suite):
     name = "lipschitz"
     default_shard_size = 50
     options = (
-        Option("power_iters", type=int, default=20, check=_at_least_one,
+        Option("power_iters", type=int, default=10, check=at_least_one,
                help="power-iteration steps per example for the input-Jacobian norm"),
         Option("pair_radius", type=float, default=0.1, check=positive,
                help="l2 radius (pixels in [0, 1]) of the PGD search for pairs with a large "
                     "||f(x) - f(x')|| / ||x - x'||"),
-        Option("pair_steps", type=int, default=10, check=_count,
+        Option("pair_steps", type=int, default=10, check=count,
                help="PGD steps of the pair search (0: only its start along the Jacobian)"),
-        Option("clever_n", type=int, default=10, check=_count,
+        Option("clever_n", type=int, default=4, check=count,
                help="examples (the first of the set) that get CLEVER scores; 0: none"),
-        Option("clever_batches", type=int, default=10, check=_at_least_one,
+        Option("clever_batches", type=int, default=10, check=at_least_one,
                help="CLEVER: batches of gradient samples (the maxima the Weibull fit sees; "
                     "the reference uses 500)"),
-        Option("clever_samples", type=int, default=32, check=_at_least_one,
+        Option("clever_samples", type=int, default=32, check=at_least_one,
                help="CLEVER: gradient samples per batch (the reference uses 1024)"),
         Option("clever_radius_l2", type=float, default=2.0, check=positive,
                help="CLEVER: radius of the l2 ball the gradients are sampled in (and the "
