@@ -321,7 +321,7 @@ def _function_rule(node, values, arg_lip, val, record) -> float:
     if f is operator.getitem:
         idx = args[1]
         if isinstance(val(args[0]), tuple | list):
-            return lip_of_item(args[0], idx, arg_lip)
+            return _lip_of_item(args[0], idx, arg_lip)
         if _plain_index(idx):
             return lins[0]
         raise NoBound(f"{node.name}: indexing with tensors may repeat entries")
@@ -357,7 +357,7 @@ def _function_rule(node, values, arg_lip, val, record) -> float:
     raise NoBound(f"no Lipschitz rule for function {name} (node {node.name})")
 
 
-def lip_of_item(container, idx, arg_lip):
+def _lip_of_item(container, idx, arg_lip):
     if isinstance(container, fx.Node):
         return arg_lip(container)               # a tuple-valued node: its bound covers all
     return arg_lip(container[idx])
