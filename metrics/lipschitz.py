@@ -293,22 +293,11 @@ def _function_rule(node, values, arg_lip, val, record) -> float:
     name = getattr(f, "__name__", str(f))
     lins = [arg_lip(a) for a in args]
     if f in (operator.add, torch.add, operator.sub, torch.sub, operator.iadd):
-        alpha = abs(float(node.kwargs.get("alpha", 1.0)))
-        a, b = (lins + [None, None])[:2]
-        return (a or 0.0) + alpha * (b or 0.0)
-    if f in (operator.mul, torch.mul, operator.truediv, torch.div):
-        a, b = (lins + [None, None])[:2]
-        if a is not None and b is not None:
-            raise NoBound(f"{node.name}: product or quotient of two input-dependent values")
-        if a is None and f in (operator.truediv, torch.div):
-            raise NoBound(f"{node.name}: division by an input-dependent value")
-        const = val(args[1] if a is not None else args[0])
-        if f in (operator.truediv, torch.div):
-            c = 1.0 / (const.detach().abs().min().item() if isinstance(const, torch.Tensor)
-                       else abs(float(const)))
-        else:
-            c = _maxabs(const)
-        return record(node, name, c, c * (a if a is not None else b))
+        return _binary(node, "add", args[0], args[1], values, arg_lip, val, record)
+    if f in (operator.mul, torch.mul):
+        return _binary(node, "mul", args[0], args[1], values, arg_lip, val, record)
+    if f in (operator.truediv, torch.div):
+        return _binary(node, "div", args[0], args[1], values, arg_lip, val, record)
     if f in (operator.neg, torch.neg, operator.pos):
         return lins[0]
     if f in FUNCTION_CONSTANTS:
@@ -335,7 +324,9 @@ def _function_rule(node, values, arg_lip, val, record) -> float:
         if lins[2] is not None:
             raise NoBound(f"{node.name}: lerp with an input-dependent weight")
         wa, wb = _maxabs(1 - w), _maxabs(w)
-        return (wa * (a or 0.0)) + (wb * (b or 0.0))
+        out = values[node].numel()
+        ka, kb = (math.sqrt(max(1.0, out / val(x).numel())) for x in args[:2])
+        return (wa * ka * (a or 0.0)) + (wb * kb * (b or 0.0))
     if f in (F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d):
         m = {F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d, F.avg_pool2d: nn.AvgPool2d,
              F.max_pool2d: nn.MaxPool2d}[f](*args[1:], **node.kwargs)
@@ -355,6 +346,42 @@ def _function_rule(node, values, arg_lip, val, record) -> float:
                                        dilation=kw.get("dilation", 1), groups=kw.get("groups", 1))
         return record(node, name, factor, factor * lins[0])
     raise NoBound(f"no Lipschitz rule for function {name} (node {node.name})")
+
+
+def _binary(node, kind, a, b, values, arg_lip, val, record) -> float:
+    """Elementwise a + alpha b (``kind`` "add", sub too), a * b, a / b. An operand that
+    broadcasting replicates k times (its per-example size times k is the output's) enters with
+    sqrt(k); scaling by a constant with its largest |value| (division: 1 / its smallest)."""
+    out = values[node]
+
+    def lip(x) -> float | None:
+        bound = arg_lip(x)
+        if bound is None:
+            return None
+        size = val(x).numel() if isinstance(val(x), torch.Tensor) else 1
+        return bound * math.sqrt(max(1.0, out.numel() / max(size, 1)))
+
+    la, lb = lip(a), lip(b)
+    if kind == "add":
+        alpha = abs(float(node.kwargs.get("alpha", 1.0)))
+        return (la or 0.0) + alpha * (lb or 0.0)
+    if la is not None and lb is not None:
+        raise NoBound(f"{node.name}: product or quotient of two input-dependent values")
+    if kind == "div":
+        if la is None:
+            raise NoBound(f"{node.name}: division by an input-dependent value")
+        smallest = _minabs(val(b))
+        if smallest == 0:
+            raise NoBound(f"{node.name}: division by a constant that is zero somewhere")
+        return record(node, "div", 1.0 / smallest, la / smallest)
+    c = _maxabs(val(b) if la is not None else val(a))
+    return record(node, "mul", c, c * (la if la is not None else lb))
+
+
+def _minabs(v) -> float:
+    if isinstance(v, torch.Tensor):
+        return v.detach().abs().min().item() if v.numel() else math.inf
+    return abs(float(v))
 
 
 def _lip_of_item(container, idx, arg_lip):
@@ -392,17 +419,8 @@ def _method_rule(node, values, arg_lip, val, record) -> float:
     if name == "sigmoid":
         return record(node, name, 0.25, 0.25 * l_in)
     if name in ("mul", "div", "add", "sub"):
-        other = node.args[1] if len(node.args) > 1 else None
-        if arg_lip(other) is not None:
-            if name in ("add", "sub"):
-                return l_in + arg_lip(other)
-            raise NoBound(f"{node.name}: product or quotient of two input-dependent values")
-        if name in ("add", "sub"):
-            return l_in
-        c = val(other)
-        c = _maxabs(c) if name == "mul" else 1.0 / (
-            c.detach().abs().min().item() if isinstance(c, torch.Tensor) else abs(float(c)))
-        return record(node, name, c, c * l_in)
+        kind = "add" if name == "sub" else name
+        return _binary(node, kind, node.args[0], node.args[1], values, arg_lip, val, record)
     raise NoBound(f"no Lipschitz rule for method .{name}() (node {node.name})")
 
 

@@ -342,3 +342,29 @@ def test_bundled_one_lipschitz_model_bound_agrees_with_its_own():
     assert generic.bounded
     assert generic.value <= own * (1 + 1e-6) <= 1 + 1e-3
     assert generic.value >= 0.9 * own
+
+
+class Broadcasts(nn.Module):
+    """Replicates each input pixel 4 times through a broadcast add: Lipschitz constant 2."""
+
+    def forward(self, x):
+        return x.mean((2, 3), keepdim=True) * 4 + torch.zeros(1, 3, 2, 2, dtype=x.dtype)
+
+
+class DividesByZero(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("scale", torch.tensor([1.0, 0.0, 2.0]).view(1, 3, 1, 1))
+
+    def forward(self, x):
+        return x / self.scale
+
+
+def test_broadcasting_and_division_by_zero():
+    x = torch.rand(1, 3, 2, 2, dtype=torch.float64)
+    net = Broadcasts().double().eval()
+    exact = np_norm(dense_jacobian(net, x))
+    assert exact == pytest.approx(4.0)         # mean of 4 (1/2) x 4, replicated 4 times (x 2)
+    assert upper_bound(net, x).value == pytest.approx(exact, rel=1e-9)
+    ub = upper_bound(DividesByZero().eval(), torch.rand(1, 3, 2, 2))
+    assert not ub.bounded and "zero somewhere" in ub.reason
