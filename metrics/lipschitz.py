@@ -15,9 +15,10 @@ from its inputs' bounds by a rule:
   multiplication or division by a constant: its largest |value| (the input normalisation);
   a convex combination ``lerp``; concatenation sqrt(sum L^2); means, pooling, reshapes;
 * modules that know their own constant declare it (the protocol below);
-* anything else (an unknown module or operation, data-dependent control flow that cannot be
-  traced, BatchNorm in training mode) makes the result "no bound" with the reason: never a
-  wrong number.
+* anything else (an unknown module or operation, a subclass of a known layer, data-dependent
+  control flow that cannot be traced, a value that leaves the tensor graph, an in-place
+  operation on a value used elsewhere, forward hooks, any submodule in training mode) makes
+  the result "no bound" with the reason, rather than a guess.
 
 Protocol (duck-typed, so ``metrics`` never imports ``models``): a module with a method
 ``certified_lipschitz(x) -> float`` (``x``: an example input of the module, for shapes) is not
@@ -29,7 +30,8 @@ has none. A composite module may call :func:`upper_bound` on its parts.
 
 * :func:`jacobian_norms`: per example, the input-Jacobian's spectral norm by power iteration
   on J^T J (``torch.func.jvp`` / ``vjp``); every iterate ||J v|| / ||v|| is a lower bound on
-  ||J||, hence on the Lipschitz constant;
+  ||J||, hence on the Lipschitz constant (autograd's chain rule at an exact kink, e.g.
+  ReLU at 0, is a measure-zero exception the random data never hits);
 * :func:`pair_ratios`: ||f(x) - f(x')|| / ||x - x'|| for given pairs (e.g. PGD's adversarial
   examples), and :func:`ascend_pairs`: projected gradient ascent on that ratio over x' in an
   l2 ball around x, started along the top Jacobian direction. Every ratio is a lower bound
@@ -110,7 +112,9 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if callable(getattr(m, "certified_lipschitz", None)) and qualname:
             return True
-        return isinstance(m, self.LEAVES) or super().is_leaf_module(m, qualname)
+        # Exact types only: a subclass may override forward (a scaled or standardised conv),
+        # so it is traced into, and its rule is never assumed.
+        return type(m) in self.LEAVES or super().is_leaf_module(m, qualname)
 
 
 class _Recorder(fx.Interpreter):
@@ -133,9 +137,14 @@ def _maxabs(v) -> float:
 def upper_bound(model: nn.Module, example: torch.Tensor) -> UpperBound:
     """Certified l2 Lipschitz upper bound of ``model``'s output as a function of one input
     example (``example``: a batch of one, e.g. ``x[:1]``; the model in eval mode)."""
-    if model.training:
-        return UpperBound(None, "the model is in training mode (BatchNorm and dropout depend "
-                                "on the batch); call model.eval()")
+    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+    if training:
+        return UpperBound(None, f"{training[0]} is in training mode (BatchNorm and dropout "
+                                "depend on the batch); call model.eval()")
+    hooked = [name or type(model).__name__ for name, m in model.named_modules()
+              if m._forward_hooks or m._forward_pre_hooks]
+    if hooked:
+        return UpperBound(None, f"{hooked[0]} has forward hooks, which may change its output")
     if callable(getattr(model, "certified_lipschitz", None)):
         try:
             value = float(model.certified_lipschitz(example))
@@ -152,11 +161,22 @@ def upper_bound(model: nn.Module, example: torch.Tensor) -> UpperBound:
     gm = fx.GraphModule(model, graph)
     rec = _Recorder(gm)
     with torch.no_grad():
-        rec.run(example)
+        traced = rec.run(example)
+        # The traced graph must be the model: tracing can silently change semantics (an
+        # in-place `y += x` on a Proxy becomes an out-of-place add, aliases lost).
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        probe = (example + 0.01 * torch.randn(example.shape, generator=gen).to(example)
+                 ).clamp(0, 1)
+        same = all(_same(model(v), gm(v) if v is probe else traced) for v in (example, probe))
+    if not same:
+        return UpperBound(None, "the traced graph does not reproduce the model's output "
+                                "(in-place operations on aliased values?)")
     try:
         return _propagate(gm, rec.values)
     except NoBound as exc:
         return UpperBound(None, str(exc))
+    except Exception as exc:  # noqa: BLE001  (a rule that cannot read a node: no bound)
+        return UpperBound(None, f"no rule could bound the graph ({type(exc).__name__}: {exc})")
 
 
 def _propagate(gm: fx.GraphModule, values: dict) -> UpperBound:
@@ -190,15 +210,30 @@ def _propagate(gm: fx.GraphModule, values: dict) -> UpperBound:
             lip[node] = None
             continue
         if node.op == "output":
+            if not isinstance(values.get(node.args[0]) if isinstance(node.args[0], fx.Node)
+                              else node.args[0], torch.Tensor | tuple | list):
+                raise NoBound("the model's output is not a tensor, tuple or list")
             out = arg_lip(node.args[0])
             value = 0.0 if out is None else out
             return UpperBound(value, "", pd.DataFrame(rows, columns=["node", "op", "factor",
                                                                      "bound"]))
         ins = [arg_lip(a) for a in (*node.args, *node.kwargs.values())]
         dep = [x for x in ins if x is not None]
-        if not dep or not _has_tensor(values.get(node)):
-            lip[node] = None                    # a constant, or a shape, size or dtype
+        if not dep:
+            lip[node] = None                    # a constant
             continue
+        if not _has_tensor(values.get(node)):
+            if not _is_metadata(node):
+                raise NoBound(f"{node.name}: a value computed from the input leaves the "
+                              f"tensor graph ({node.op} {_target_name(node)})")
+            lip[node] = None                    # a shape, size or dtype
+            continue
+        if _in_place(node, modules) and len(node.args[0].users) > 1:
+            raise NoBound(f"{node.name}: in-place {_target_name(node)} changes a value that "
+                          "is used elsewhere")
+        if node.op == "call_module" and len(dep) > 1:
+            raise NoBound(f"{node.name}: module {node.target} takes several input-dependent "
+                          "arguments")
         x = node.args[0] if node.args else None
         l_in = arg_lip(x)
         if node.op == "call_module":
@@ -212,6 +247,40 @@ def _propagate(gm: fx.GraphModule, values: dict) -> UpperBound:
         else:
             raise NoBound(f"unsupported graph node {node.op} {node.target}")
     raise NoBound("the traced graph has no output")
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+    if isinstance(a, tuple | list) and isinstance(b, tuple | list) and len(a) == len(b):
+        return all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+        return all(_same(a[k], b[k]) for k in a)
+    return type(a) is type(b)
+
+
+def _target_name(node: fx.Node) -> str:
+    return node.target if isinstance(node.target, str) else getattr(node.target, "__name__",
+                                                                     str(node.target))
+
+
+def _is_metadata(node: fx.Node) -> bool:
+    """A node that reads a tensor's shape, size, rank, dtype or device (not its values)."""
+    if node.op == "call_function" and node.target is getattr:
+        return node.args[1] in ("shape", "dtype", "device", "ndim", "is_cuda")
+    return node.op == "call_method" and node.target in ("size", "dim", "numel", "type",
+                                                       "get_device")
+
+
+def _in_place(node: fx.Node, modules) -> bool:
+    if node.op == "call_function":
+        return (node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv)
+                or node.kwargs.get("inplace", False) is True)
+    if node.op == "call_method":
+        return node.target.endswith("_") and not node.target.endswith("__")
+    if node.op == "call_module":
+        return getattr(modules[node.target], "inplace", False) is True
+    return False
 
 
 def _has_tensor(v) -> bool:
@@ -292,12 +361,13 @@ def _function_rule(node, values, arg_lip, val, record) -> float:
     f, args = node.target, node.args
     name = getattr(f, "__name__", str(f))
     lins = [arg_lip(a) for a in args]
-    if f in (operator.add, torch.add, operator.sub, torch.sub, operator.iadd):
-        return _binary(node, "add", args[0], args[1], values, arg_lip, val, record)
-    if f in (operator.mul, torch.mul):
-        return _binary(node, "mul", args[0], args[1], values, arg_lip, val, record)
-    if f in (operator.truediv, torch.div):
-        return _binary(node, "div", args[0], args[1], values, arg_lip, val, record)
+    kinds = {operator.add: "add", torch.add: "add", operator.sub: "add", torch.sub: "add",
+             operator.iadd: "add", operator.isub: "add", operator.mul: "mul", torch.mul: "mul",
+             operator.imul: "mul", operator.truediv: "div", torch.div: "div",
+             operator.itruediv: "div"}
+    if f in kinds:
+        a, b = _operands(node)
+        return _binary(node, kinds[f], a, b, values, arg_lip, val, record)
     if f in (operator.neg, torch.neg, operator.pos):
         return lins[0]
     if f in FUNCTION_CONSTANTS:
@@ -348,6 +418,14 @@ def _function_rule(node, values, arg_lip, val, record) -> float:
     raise NoBound(f"no Lipschitz rule for function {name} (node {node.name})")
 
 
+def _operands(node: fx.Node):
+    """The two operands of a binary call, positional or keyword (``input``, ``other``)."""
+    args = list(node.args) + [None, None]
+    a = args[0] if node.args else node.kwargs.get("input")
+    b = args[1] if len(node.args) > 1 else node.kwargs.get("other")
+    return a, b
+
+
 def _binary(node, kind, a, b, values, arg_lip, val, record) -> float:
     """Elementwise a + alpha b (``kind`` "add", sub too), a * b, a / b. An operand that
     broadcasting replicates k times (its per-example size times k is the output's) enters with
@@ -368,6 +446,8 @@ def _binary(node, kind, a, b, values, arg_lip, val, record) -> float:
     if la is not None and lb is not None:
         raise NoBound(f"{node.name}: product or quotient of two input-dependent values")
     if kind == "div":
+        if node.kwargs.get("rounding_mode") is not None:
+            raise NoBound(f"{node.name}: division with rounding is discontinuous")
         if la is None:
             raise NoBound(f"{node.name}: division by an input-dependent value")
         smallest = _minabs(val(b))
@@ -399,7 +479,7 @@ def _reduce_factor(node, values, name, l_in) -> tuple[float, float]:
     x = values[node.args[0]]
     dims = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else None)
     if dims is None:
-        k = x.numel() // x.shape[0]
+        k = x.numel()                   # the example is a batch of one: every entry
     else:
         dims = (dims,) if isinstance(dims, int) else tuple(dims)
         k = math.prod(x.shape[d] for d in dims)
@@ -418,9 +498,10 @@ def _method_rule(node, values, arg_lip, val, record) -> float:
         return l_in
     if name == "sigmoid":
         return record(node, name, 0.25, 0.25 * l_in)
-    if name in ("mul", "div", "add", "sub"):
-        kind = "add" if name == "sub" else name
-        return _binary(node, kind, node.args[0], node.args[1], values, arg_lip, val, record)
+    if name in ("mul", "div", "add", "sub", "mul_", "div_", "add_", "sub_"):
+        kind = {"sub": "add"}.get(name.rstrip("_"), name.rstrip("_"))
+        a, b = _operands(node)
+        return _binary(node, kind, a, b, values, arg_lip, val, record)
     raise NoBound(f"no Lipschitz rule for method .{name}() (node {node.name})")
 
 

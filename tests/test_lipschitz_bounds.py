@@ -368,3 +368,95 @@ def test_broadcasting_and_division_by_zero():
     assert upper_bound(net, x).value == pytest.approx(exact, rel=1e-9)
     ub = upper_bound(DividesByZero().eval(), torch.rand(1, 3, 2, 2))
     assert not ub.bounded and "zero somewhere" in ub.reason
+
+
+class ScaledConv(nn.Conv2d):
+    """A subclass that changes forward (as weight-standardised or scaled convs do)."""
+
+    def forward(self, x):
+        return F.conv2d(x, 10 * self.weight, self.bias, self.stride, self.padding)
+
+
+class InPlaceSkip(nn.Module):
+    def forward(self, x):
+        y = 2 * x
+        skip = y
+        y += x                      # skip is y: the sum below is 2 (3x), constant 6, not 5
+        return y + skip
+
+
+class InPlaceMethod(nn.Module):
+    def forward(self, x):
+        y = 2 * x
+        z = y.add_(x)
+        return z + y
+
+
+class InPlaceActivation(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.act = nn.SELU(inplace=True)
+
+    def forward(self, x):
+        y = 2 * x
+        return self.act(y) + y
+
+
+class LeavesTheGraph(nn.Module):
+    def forward(self, x):
+        return x * x.sum().item()
+
+
+class Flattens(nn.Module):
+    def forward(self, x):
+        return x.reshape(-1).sum()
+
+
+class Rounds(nn.Module):
+    def forward(self, x):
+        return torch.div(x, 0.01, rounding_mode="floor")
+
+
+class DictOut(nn.Module):
+    def forward(self, x):
+        return {"logits": x.flatten(1)}
+
+
+class KeywordAdd(nn.Module):
+    def forward(self, x):
+        return torch.add(x, other=x)
+
+
+@pytest.mark.parametrize("net,expected", [
+    (nn.Sequential(ScaledConv(3, 2, 3, padding=1)), "exact"),
+    (InPlaceSkip(), "does not reproduce"),
+    (InPlaceMethod(), "in-place"),
+    (InPlaceActivation(), "in-place"),
+    (LeavesTheGraph(), "leaves the tensor graph"),
+    (Flattens(), "exact"),
+    (Rounds(), "rounding"),
+    (DictOut(), "not a tensor"),
+    (KeywordAdd(), "exact"),
+])
+def test_rules_that_must_not_under_count(net, expected):
+    """Cases a reviewer found under-counted (or crashing): each is now either the exact
+    constant (dense SVD) or no bound with the reason."""
+    seeded(net)
+    x = torch.rand(1, 3, 4, 4, dtype=torch.float64)
+    ub = upper_bound(net, x)
+    if expected == "exact":
+        assert ub.value >= np_norm(dense_jacobian(net, x)) * (1 - 1e-9)
+        assert ub.value == pytest.approx(np_norm(dense_jacobian(net, x)), rel=1e-9)
+    else:
+        assert not ub.bounded and expected in ub.reason
+
+
+def test_training_submodules_and_hooks_give_no_bound():
+    net = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5)).eval()
+    net[1].train()
+    assert "training mode" in upper_bound(net, torch.rand(1, 4)).reason
+    net.eval()
+    handle = net[0].register_forward_hook(lambda m, i, o: 3 * o)
+    assert "forward hooks" in upper_bound(net, torch.rand(1, 4)).reason
+    handle.remove()
+    assert upper_bound(net, torch.rand(1, 4)).bounded

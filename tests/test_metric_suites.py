@@ -154,3 +154,34 @@ def test_sparsity_run_resumes_without_recomputing(tmp_path, capsys):
     assert (first["code_l0"] > 0).all()
     assert set(metrics.loc[(metrics["name"] == "codes") & (metrics["value"] == 1), "index"]) \
         == {"front_end"}
+
+
+def test_sparsity_of_a_model_without_sites_says_so(tmp_path):
+    from harness.suites import SUITES
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3072, 10)).eval()
+    store = str(tmp_path / "s.sqlite")
+    frame = harness.evaluate(net, suite="sparsity", n=4, store=store)
+    assert frame["zero_fraction"].isna().all()
+    with Store(store, readonly=True) as s:
+        suite = SUITES.get("sparsity")()
+        run = s.runs()[0]["run_id"]
+        summary = suite.summarize(s, run)
+        assert "no activation or codes site" in suite.details(s, run)[0]
+    assert summary.iloc[0]["dead_units"] == 0 and len(summary.attrs["layers"]) == 0
+
+
+@pytest.mark.parametrize("name", [m for m in list_models(pretrained=True) if "lca" not in m])
+def test_bundled_models_jacobian_below_certified_bound(name):
+    """Fast twin of the slow per-model suite test (the LCA front ends, 10 s each, are there):
+    the certified bound exists and is above the Jacobian norm at two sample images."""
+    from attacks.gradients import use_derivative
+    from metrics.lipschitz import jacobian_norms, upper_bound
+
+    model = create_model(name, pretrained=True).eval()
+    x = torch.from_numpy(load_sample().images[:2]).float() / 255
+    ub = upper_bound(model, x[:1])
+    assert ub.bounded, ub.reason
+    norms, _ = jacobian_norms(model, x, iters=4, gradient=lambda: use_derivative(model))
+    assert (norms > 0).all() and (norms <= ub.value).all()

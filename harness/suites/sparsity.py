@@ -101,7 +101,7 @@ class SparsitySuite(Suite):
 
         frame = store.to_frame([run_id])
         layers, histogram = layer_tables(store.metrics_frame([run_id]), n=len(frame))
-        act = layers[~layers["codes"]]
+        act = layers[~layers["codes"].astype(bool)]
         zeros = ((act["zero_fraction"] * act["elements"]).sum() / act["elements"].sum()
                  if len(act) else np.nan)
         out = pd.DataFrame([{
@@ -113,6 +113,8 @@ class SparsitySuite(Suite):
         }])
         out.attrs["layers"] = layers
         out.attrs["histogram"] = histogram
+        out.attrs["note"] = ("" if len(layers) else "no activation or codes site found: "
+                             "modules are hooked, functional calls (F.relu) are not")
         return out
 
     def headline(self, summary) -> dict[str, float]:
@@ -133,7 +135,9 @@ class SparsitySuite(Suite):
             for r in o.summary.attrs["layers"].itertuples(index=False):
                 rows.append([o.spec.model, r.layer, "codes" if r.codes else "activation",
                              r.units, r.zero_fraction, r.dead_units, r.median_frequency])
-        return [Table("sparsity per layer", pd.DataFrame(rows, columns=[
+        notes = [f"{o.spec.model}: {o.summary.attrs['note']}" for o in outcomes
+                 if o.summary.attrs.get("note")]
+        return [*notes, Table("sparsity per layer", pd.DataFrame(rows, columns=[
             "model", "layer", "role", "units", "zeros", "dead units", "median unit frequency"]),
             caption="zeros: exact zeros over all entries; dead: a unit zero on every example "
                     "and position of the run", percent=["zeros", "median unit frequency"])]
@@ -141,6 +145,8 @@ class SparsitySuite(Suite):
     def details(self, store, run_id) -> list:
         summary = self.summarize(store, run_id)
         layers, hist = summary.attrs["layers"], summary.attrs["histogram"]
+        if not len(layers):
+            return [summary.attrs["note"]]
         out: list = [Table("per layer", layers[["layer", "units", "zero_fraction", "dead_units",
                                                  "median_frequency"]],
                            percent=["zero_fraction", "median_frequency"])]
@@ -161,7 +167,11 @@ def layer_tables(metrics, *, n: int):
 
     from metrics.sparsity import frequency_bins, histogram_labels
 
+    columns = ["layer", "codes", "units", "elements", "zero_fraction", "dead_units",
+               "median_frequency"]
     lay = metrics[metrics["scope"] == "layer"]
+    if not len(lay):                      # no hooked site (e.g. only functional activations)
+        return pd.DataFrame(columns=columns), pd.DataFrame(columns=["layer", "label", "units"])
     lay = lay.pivot_table(index="index", columns="name", values="value", aggfunc="first")
     units = metrics[(metrics["scope"] == "unit") & (metrics["name"] == "nonzero")]
     counts = units.groupby("index", sort=False)["value"].sum()
@@ -181,6 +191,5 @@ def layer_tables(metrics, *, n: int):
             binned = np.bincount(frequency_bins(nonzero, entries), minlength=len(labels))
             hist += [{"layer": layer, "label": lab, "units": int(binned[b])}
                      for b, (lab, _, _) in enumerate(labels)]
-    layers = pd.DataFrame(rows, columns=["layer", "codes", "units", "elements", "zero_fraction",
-                                         "dead_units", "median_frequency"])
+    layers = pd.DataFrame(rows, columns=columns)
     return layers, pd.DataFrame(hist, columns=["layer", "label", "units"])
