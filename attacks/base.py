@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from harness.errors import HarnessError
+from harness.predict import top1
 from harness.registry import Registry
 
 NORMS = ("Linf", "L2")
@@ -156,6 +157,5 @@ def predict_labels(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 50
     out = []
     with torch.no_grad():
         for xb in x.split(batch_size):
-            logits = model(xb).float()
-            out.append(torch.where(torch.isfinite(logits).all(1), logits.argmax(1), -1))
+            out.append(top1(model(xb).float()))
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=x.device)

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 
 from attacks.base import ATTACKS, Attack, AttackResult, check_eps, check_norm
 from harness.errors import HarnessError
+from harness.predict import top1
 
 LOSSES = ("ce", "dlr", "margin")
 SCHEDULES = ("constant", "cosine")
@@ -222,8 +223,7 @@ class _Runner:
         return self.model(x).float()
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.logits(x)
-        return torch.where(torch.isfinite(logits).all(1), logits.argmax(1), -1)
+        return top1(self.logits(x))
 
     def success(self, logits: torch.Tensor, y: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
         finite = torch.isfinite(logits).all(1)

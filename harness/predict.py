@@ -38,11 +38,16 @@ def predict(model, images_u8: torch.Tensor, labels: torch.Tensor, *, device: str
     return torch.cat(preds).cpu(), torch.cat(losses).cpu()
 
 
+def top1(logits: torch.Tensor) -> torch.Tensor:
+    """The argmax per row, or :data:`~harness.records.NO_PREDICTION` where the logits are not
+    all finite (``argmax`` alone would pick a NaN's index). The one rule the suites and the
+    attacks share."""
+    return torch.where(torch.isfinite(logits).all(1), logits.argmax(1), NO_PREDICTION)
+
+
 def outcomes(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pred, loss) per example of a batch of logits: the argmax and the cross-entropy, or
-    :data:`~harness.records.NO_PREDICTION` and NaN where the logits are not all finite."""
+    """(pred, loss) per example of a batch of logits: :func:`top1` and the cross-entropy
+    (NaN where the logits are not all finite)."""
     logits = logits.float()
-    finite = torch.isfinite(logits).all(1)
-    pred = torch.where(finite, logits.argmax(1), NO_PREDICTION)
     loss = F.cross_entropy(logits, labels, reduction="none")
-    return pred, torch.where(finite, loss, torch.nan)
+    return top1(logits), torch.where(torch.isfinite(logits).all(1), loss, torch.nan)
