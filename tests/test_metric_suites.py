@@ -70,8 +70,9 @@ def test_sparsity_suite_merges_shards_like_one_pass(tmp_path):
     from metrics.sparsity import activation_sparsity
 
     store = str(tmp_path / "s.sqlite")
+    # batches of 8 within shards of 20: the last batch of each shard is short
     assert main(["run", "--suite", "sparsity", "--model", "resnet8", "--n", "40", "--shard-size",
-                 "20", "--store", store, "--quiet"]) == 0
+                 "20", "--batch-size", "8", "--store", store, "--quiet"]) == 0
     with Store(store, readonly=True) as s:
         frame = s.to_frame()
         assert frame["shard_key"].nunique() == 2

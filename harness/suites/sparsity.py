@@ -61,10 +61,10 @@ class SparsitySuite(Suite):
         acc = SparsityAccumulator(model, device=ctx.device, dtype=ctx.torch_dtype,
                                   start=shard.start)
         preds, losses = [], []
-        for xb, yb, ids in zip(inputs.images.split(ctx.batch_size),
-                               inputs.labels.split(ctx.batch_size),
-                               np.array_split(inputs.example,
-                                              max(1, -(-len(inputs.example) // ctx.batch_size)))):
+        step = ctx.batch_size
+        for i in range(0, len(inputs.example), step):
+            xb, yb, ids = (inputs.images[i:i + step], inputs.labels[i:i + step],
+                           inputs.example[i:i + step])
             with torch.inference_mode():
                 pred, loss = outcomes(acc.observe(xb, ids=ids), yb.to(ctx.device))
             preds.append(pred.cpu())
