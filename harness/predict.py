@@ -28,14 +28,20 @@ def predict(model, images_u8: torch.Tensor, labels: torch.Tensor, *, device: str
     preds, losses = [], []
     with torch.inference_mode():
         for xb, yb in zip(images_u8.split(batch_size), labels.split(batch_size)):
-            scaled = xb.is_floating_point()
-            xb = xb.to(device, non_blocking=True).to(dtype)
-            xb = xb if scaled else xb.div_(255)
-            xb = xb.contiguous(memory_format=torch.channels_last)
-            pred, loss = outcomes(model(xb), yb.to(device, non_blocking=True))
+            pred, loss = outcomes(model(prepare_batch(xb, device=device, dtype=dtype)),
+                                  yb.to(device, non_blocking=True))
             preds.append(pred)
             losses.append(loss)
     return torch.cat(preds).cpu(), torch.cat(losses).cpu()
+
+
+def prepare_batch(images: torch.Tensor, *, device, dtype) -> torch.Tensor:
+    """A batch as the model takes it: on ``device`` in ``dtype``, uint8 scaled to [0, 1]
+    (float images are taken as already in [0, 1]), channels_last when 4-D."""
+    scaled = images.is_floating_point()
+    x = images.to(device, non_blocking=True).to(dtype)
+    x = x if scaled else x.div_(255)
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 def top1(logits: torch.Tensor) -> torch.Tensor:

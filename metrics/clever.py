@@ -86,6 +86,8 @@ import torch
 from scipy import optimize, stats
 from torch import nn
 
+from metrics.lipschitz import gradient_context
+
 # The authors' initial shapes (IBM/CLEVER clever.py ``c_init``).
 SHAPES = (0.1, 1.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 MIN_PVALUE = 1e-3
@@ -228,10 +230,6 @@ class CleverResult:
     seed: int
 
 
-def _context(gradient):
-    return gradient() if gradient is not None else contextlib.nullcontext()
-
-
 def _others(c: torch.Tensor, k: int) -> torch.Tensor:
     """(e, K-1): for each predicted class, the other classes in increasing order."""
     classes = torch.arange(k, device=c.device).expand(len(c), k)
@@ -312,7 +310,7 @@ def clever(model: nn.Module, x: torch.Tensor, *, norm: str = "L2", radius: float
     n = len(x)
     per_pass = max(1, max_batch // batch_size)
     margins, norms0, maxima, predicted = [], [], [], []
-    with _context(gradient), torch.enable_grad():
+    with gradient_context(gradient), torch.enable_grad():
         for start in range(0, n, per_pass):
             x0 = x[start:start + per_pass]
             e = len(x0)

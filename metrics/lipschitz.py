@@ -238,8 +238,8 @@ def _propagate(gm: fx.GraphModule, values: dict) -> UpperBound:
         l_in = arg_lip(x)
         if node.op == "call_module":
             m = modules[node.target]
-            lip[node] = record(node, f"{type(m).__name__} {node.target}",
-                               *_module_rule(m, node, values, l_in, folded, modules))
+            factor = _module_factor(m, node, values, folded, modules)
+            lip[node] = record(node, f"{type(m).__name__} {node.target}", factor, factor * l_in)
         elif node.op == "call_function":
             lip[node] = _function_rule(node, values, arg_lip, val, record)
         elif node.op == "call_method":
@@ -299,75 +299,68 @@ def _bn_scale(bn: nn.Module) -> torch.Tensor:
     return scale
 
 
-def _module_rule(m, node, values, l_in, folded, modules) -> tuple[float, float]:
-    """(factor, bound) of a call_module node whose input has bound ``l_in``."""
+def _module_factor(m, node, values, folded, modules) -> float:
+    """The constant of a call_module node (a leaf: an exact torch.nn type of the rules, or a
+    module declaring ``certified_lipschitz``)."""
     x = values[node.args[0]] if node.args else None
     if node in folded:                                   # a BatchNorm folded into its conv
-        return 1.0, l_in
+        return 1.0
     if callable(getattr(m, "certified_lipschitz", None)):
-        factor = float(m.certified_lipschitz(x))
-        return factor, factor * l_in
-    if isinstance(m, (nn.Conv2d, nn.Linear)):
+        return float(m.certified_lipschitz(x))
+    if isinstance(m, nn.Conv2d | nn.Linear):
         w = m.weight.detach().double()
         users = list(node.users)
         if (len(users) == 1 and users[0].op == "call_module"
-                and isinstance(modules[users[0].target], nn.BatchNorm1d | nn.BatchNorm2d)):
+                and type(modules[users[0].target]) in (nn.BatchNorm1d, nn.BatchNorm2d)):
             scale = _bn_scale(modules[users[0].target])
             w = w * scale.reshape(-1, *([1] * (w.dim() - 1)))
             folded.add(users[0])
         if isinstance(m, nn.Linear):
-            factor = matrix_norm(w)
-        else:
-            if m.padding_mode != "zeros":
-                raise NoBound(f"Conv2d {node.target}: padding mode {m.padding_mode!r}")
-            factor = conv2d_norm_bound(w, input_hw=x.shape[-2:], stride=m.stride,
-                                       padding=m.padding, dilation=m.dilation, groups=m.groups)
-        return factor, factor * l_in
+            return matrix_norm(w)
+        if m.padding_mode != "zeros":
+            raise NoBound(f"Conv2d {node.target}: padding mode {m.padding_mode!r}")
+        return conv2d_norm_bound(w, input_hw=x.shape[-2:], stride=m.stride, padding=m.padding,
+                                 dilation=m.dilation, groups=m.groups)
     if isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
-        factor = _bn_scale(m).abs().max().item()
-        return factor, factor * l_in
+        return _bn_scale(m).abs().max().item()
     if isinstance(m, nn.AdaptiveAvgPool2d):
-        factor = pool_norm("adaptive_avg", x.shape[-2:], output_size=m.output_size)
-        return factor, factor * l_in
+        return pool_norm("adaptive_avg", x.shape[-2:], output_size=m.output_size)
     if isinstance(m, nn.AvgPool2d):
         if m.divisor_override:
             raise NoBound(f"AvgPool2d {node.target}: divisor_override")
-        factor = pool_norm("avg", x.shape[-2:], kernel_size=m.kernel_size, stride=m.stride,
-                           padding=m.padding, ceil_mode=m.ceil_mode,
-                           count_include_pad=m.count_include_pad)
-        return factor, factor * l_in
+        return pool_norm("avg", x.shape[-2:], kernel_size=m.kernel_size, stride=m.stride,
+                         padding=m.padding, ceil_mode=m.ceil_mode,
+                         count_include_pad=m.count_include_pad)
     if isinstance(m, nn.MaxPool2d):
-        factor = pool_norm("max", x.shape[-2:], kernel_size=m.kernel_size, stride=m.stride,
-                           padding=m.padding, ceil_mode=m.ceil_mode, dilation=m.dilation)
-        return factor, factor * l_in
+        return pool_norm("max", x.shape[-2:], kernel_size=m.kernel_size, stride=m.stride,
+                         padding=m.padding, ceil_mode=m.ceil_mode, dilation=m.dilation)
     if isinstance(m, nn.GELU):
-        return GELU_CONSTANT, GELU_CONSTANT * l_in
+        return GELU_CONSTANT
     if isinstance(m, nn.ELU):
-        factor = max(1.0, abs(m.alpha))
-        return factor, factor * l_in
+        return max(1.0, abs(m.alpha))
     if isinstance(m, nn.LeakyReLU):
-        factor = max(1.0, abs(m.negative_slope))
-        return factor, factor * l_in
+        return max(1.0, abs(m.negative_slope))
     if isinstance(m, nn.PReLU):
-        factor = max(1.0, m.weight.detach().abs().max().item())
-        return factor, factor * l_in
+        return max(1.0, m.weight.detach().abs().max().item())
     if type(m) in ACTIVATION_CONSTANTS:
-        factor = ACTIVATION_CONSTANTS[type(m)]
-        return factor, factor * l_in
+        return ACTIVATION_CONSTANTS[type(m)]
     raise NoBound(f"no Lipschitz rule for module {node.target} ({type(m).__name__})")
+
+
+# Elementwise binary functions: kind of rule (sub is add with the same bound).
+BINARY_KINDS = {operator.add: "add", torch.add: "add", operator.sub: "add", torch.sub: "add",
+                operator.iadd: "add", operator.isub: "add", operator.mul: "mul",
+                torch.mul: "mul", operator.imul: "mul", operator.truediv: "div",
+                torch.div: "div", operator.itruediv: "div"}
 
 
 def _function_rule(node, values, arg_lip, val, record) -> float:
     f, args = node.target, node.args
     name = getattr(f, "__name__", str(f))
     lins = [arg_lip(a) for a in args]
-    kinds = {operator.add: "add", torch.add: "add", operator.sub: "add", torch.sub: "add",
-             operator.iadd: "add", operator.isub: "add", operator.mul: "mul", torch.mul: "mul",
-             operator.imul: "mul", operator.truediv: "div", torch.div: "div",
-             operator.itruediv: "div"}
-    if f in kinds:
+    if f in BINARY_KINDS:
         a, b = _operands(node)
-        return _binary(node, kinds[f], a, b, values, arg_lip, val, record)
+        return _binary(node, BINARY_KINDS[f], a, b, values, arg_lip, val, record)
     if f in (operator.neg, torch.neg, operator.pos):
         return lins[0]
     if f in FUNCTION_CONSTANTS:
@@ -400,8 +393,8 @@ def _function_rule(node, values, arg_lip, val, record) -> float:
     if f in (F.adaptive_avg_pool2d, F.avg_pool2d, F.max_pool2d):
         m = {F.adaptive_avg_pool2d: nn.AdaptiveAvgPool2d, F.avg_pool2d: nn.AvgPool2d,
              F.max_pool2d: nn.MaxPool2d}[f](*args[1:], **node.kwargs)
-        factor, bound = _module_rule(m.eval(), node, values, lins[0], set(), {})
-        return record(node, name, factor, bound)
+        factor = _module_factor(m.eval(), node, values, set(), {})
+        return record(node, name, factor, factor * lins[0])
     if f in (F.conv2d, F.linear):
         if any(x is not None for x in lins[1:]):
             raise NoBound(f"{node.name}: {name} with an input-dependent weight")
@@ -506,7 +499,9 @@ def _method_rule(node, values, arg_lip, val, record) -> float:
 
 
 # -- lower bounds ----------------------------------------------------------------------------
-def _context(gradient):
+def gradient_context(gradient: Callable | None):
+    """The context a ``gradient`` factory makes (e.g. ``lambda: use_derivative(model)``), or
+    none: what every gradient-based estimate in :mod:`metrics` runs under."""
     return gradient() if gradient is not None else contextlib.nullcontext()
 
 
@@ -522,7 +517,7 @@ def jacobian_norms(model: nn.Module, x: torch.Tensor, *, iters: int = 20, seed: 
     v = v / v.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, *[1] * (x.dim() - 1))
     best = torch.zeros(len(x), dtype=torch.float64, device=x.device)
     best_v = v.clone()
-    with _context(gradient):
+    with gradient_context(gradient):
         _, vjp_fn = torch.func.vjp(model, x)
         for _ in range(max(1, iters)):
             _, jv = torch.func.jvp(model, (x,), (v,))
@@ -568,7 +563,7 @@ def ascend_pairs(model: nn.Module, x: torch.Tensor, *, radius: float = 0.05, ste
     best_x = xp.clone()
     for t in range(steps):
         xp = xp.detach().requires_grad_(True)
-        with _context(gradient), torch.enable_grad():
+        with gradient_context(gradient), torch.enable_grad():
             diff = (model(xp) - fx0).flatten(1).norm(dim=1)
             dist = (xp - x).flatten(1).norm(dim=1).clamp_min(1e-12)
             obj = (diff.clamp_min(1e-12).log() - dist.log()).sum()

@@ -91,6 +91,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from harness.predict import prepare_batch
+
 ROLES = ("activation", "codes")
 
 # Element-wise nonlinearities of torch.nn (ReLU6 is a Hardtanh subclass; softmax-like
@@ -301,13 +303,7 @@ class SparsityAccumulator:
         self._batch_ids: np.ndarray | None = None
 
     def _prepare(self, images) -> torch.Tensor:
-        x = torch.as_tensor(images)
-        scaled = x.is_floating_point()
-        x = x.to(self.device, non_blocking=True).to(self.dtype)
-        x = x if scaled else x.div_(255)
-        if x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return prepare_batch(torch.as_tensor(images), device=self.device, dtype=self.dtype)
 
     def _hook(self, pos: int):
         site = self.sites[pos]
