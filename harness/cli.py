@@ -379,7 +379,7 @@ def cmd_show(args) -> int:
             out = (suite.summarize(store, run["run_id"]) if suite is not None
                    else store.condition_summary(run["run_id"]))
             if suite is not None:
-                details = suite.details(store, run["run_id"])
+                details = suite.details(out)
     if not (args.examples or args.metrics):
         out.insert(0, "model", run["model"])
         out.insert(1, "suite", run["suite"])

@@ -169,7 +169,7 @@ def test_sparsity_of_a_model_without_sites_says_so(tmp_path):
         suite = SUITES.get("sparsity")()
         run = s.runs()[0]["run_id"]
         summary = suite.summarize(s, run)
-        assert "no activation or codes site" in suite.details(s, run)[0]
+        assert "no activation or codes site" in suite.details(suite.summarize(s, run))[0]
     assert summary.iloc[0]["dead_units"] == 0 and len(summary.attrs["layers"]) == 0
 
 

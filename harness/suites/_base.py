@@ -346,9 +346,10 @@ class Suite:
         requested reference is missing. Default: nothing (the store is not opened)."""
         return None
 
-    def details(self, store, run_id: str) -> list[Table | str]:
+    def details(self, summary) -> list[Table | str]:
         """Tables and lines ``harness show RUN`` prints after the summary table (e.g. a
-        per-layer breakdown), read from the store. Default: none."""
+        per-layer breakdown), from the run's :meth:`summarize` output (its ``attrs`` can carry
+        them, so the store is read once). Default: none."""
         return []
 
     def tables(self, outcomes: Sequence[Any], references: Any = None) -> list[Table | str]:

@@ -125,12 +125,16 @@ class LipschitzSuite(Suite):
         import torch
 
         from attacks.gradients import use_derivative
+        from harness.predict import prepare_batch
         from metrics.lipschitz import ascend_pairs, jacobian_norms, upper_bound
+
+        def derivative():          # every gradient-based estimate: the forward's derivative
+            return use_derivative(model)
 
         result = super().evaluate(model, inputs, shard, ctx)
         start = time.perf_counter()
         p = ctx.params
-        x = inputs.images.to(ctx.device).to(ctx.torch_dtype).div_(255)
+        x = prepare_batch(inputs.images, device=ctx.device, dtype=ctx.torch_dtype)
         n = len(x)
         jac, ratio = np.empty(n), np.empty(n)
         clever = {"clever_l2": np.full(n, np.nan), "clever_linf": np.full(n, np.nan)}
@@ -140,11 +144,11 @@ class LipschitzSuite(Suite):
             xb = x[i:i + chunk]
             ids = inputs.example[i:i + chunk]
             t0 = time.perf_counter()
-            norms, direction = jacobian_norms(model, xb, iters=p["power_iters"],
-                                              seed=ctx.seed, gradient=lambda: use_derivative(model))
+            norms, direction = jacobian_norms(model, xb, iters=p["power_iters"], seed=ctx.seed,
+                                              gradient=derivative)
             t1 = time.perf_counter()
             best, _ = ascend_pairs(model, xb, radius=p["pair_radius"], steps=p["pair_steps"],
-                                   start=direction, gradient=lambda: use_derivative(model))
+                                   start=direction, gradient=derivative)
             t2 = time.perf_counter()
             jac[i:i + len(xb)] = norms.cpu().numpy()
             ratio[i:i + len(xb)] = best.cpu().numpy()
@@ -153,7 +157,7 @@ class LipschitzSuite(Suite):
             want = ids < p["clever_n"]
             if want.any():
                 self._clever(model, xb[torch.from_numpy(want).to(xb.device)], p, ctx, clever,
-                             np.flatnonzero(want) + i)
+                             np.flatnonzero(want) + i, derivative)
                 seconds["clever"] += time.perf_counter() - t2
         records = []
         if shard.start == 0:
@@ -175,15 +179,14 @@ class LipschitzSuite(Suite):
                            fields={"jacobian_norm": jac, "pair_ratio": ratio, **clever},
                            metrics=tuple(records))
 
-    def _clever(self, model, xb, p, ctx, out, rows) -> None:
-        from attacks.gradients import use_derivative
+    def _clever(self, model, xb, p, ctx, out, rows, derivative) -> None:
         from metrics.clever import clever
 
         for norm, key in (("L2", "clever_l2"), ("Linf", "clever_linf")):
             radius = p["clever_radius_l2"] if norm == "L2" else p["clever_radius_linf"]
             res = clever(model, xb, norm=norm, radius=radius, n_batches=p["clever_batches"],
                          batch_size=p["clever_samples"], seed=ctx.seed,
-                         gradient=lambda: use_derivative(model))
+                         gradient=derivative)
             out[key][rows] = res.score.detach().double().cpu().numpy()
 
     # -- reading the store ---------------------------------------------------------------------
@@ -246,8 +249,7 @@ class LipschitzSuite(Suite):
                               "the distance to the decision boundary, not a bound")
         return [table, *lines]
 
-    def details(self, store, run_id) -> list:
-        summary = self.summarize(store, run_id)
+    def details(self, summary) -> list:
         factors = summary.attrs["factors"]
         out: list = []
         if len(factors):

@@ -142,8 +142,7 @@ class SparsitySuite(Suite):
             caption="zeros: exact zeros over all entries; dead: a unit zero on every example "
                     "and position of the run", percent=["zeros", "median unit frequency"])]
 
-    def details(self, store, run_id) -> list:
-        summary = self.summarize(store, run_id)
+    def details(self, summary) -> list:
         layers, hist = summary.attrs["layers"], summary.attrs["histogram"]
         if not len(layers):
             return [summary.attrs["note"]]
