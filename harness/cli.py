@@ -1,4 +1,4 @@
-"""Command line: ``harness run | ls | show | train``. ``main(argv) -> int``.
+"""Command line: ``harness run | ls | show | report | compare | train``. ``main(argv) -> int``.
 
 Only this module (and ``reports/``) prints. It knows no suite by name: ``run``'s suite flags,
 its header, summary columns and extra tables come from the suites' declarations
@@ -20,6 +20,8 @@ Examples::
     harness run --suite cifar10c --help              # the suite's own options
     harness ls models 'resnet8*'
     harness show 3f2a --format csv --examples
+    harness report --out site/                       # self-contained HTML pages
+    harness compare resnet8 resnet8-gelu --format markdown --fail-on-drop 2
 """
 
 from __future__ import annotations
@@ -106,6 +108,36 @@ def build_parser(*, suite: str | None = None) -> argparse.ArgumentParser:
     what.add_argument("--metrics", action="store_true", help="metric records (per run, layer, "
                       "iteration...), not the summary")
     show.add_argument("--store", default=None, help=STORE_HELP)
+
+    report = sub.add_parser("report", help="write the HTML site (leaderboard, one page per "
+                            "model, findings, comparisons) from the store; nothing is recomputed")
+    report.add_argument("--store", default=None, help=STORE_HELP)
+    report.add_argument("--out", default="site", help="output folder (default ./site)")
+    report.add_argument("--reference", help="model every other model is compared with on the "
+                        "compare page (default resnet8 when stored, else the first model)")
+    report.add_argument("--compare", nargs=2, action="append", metavar=("A", "B"), default=[],
+                        help="also write a page comparing A with B (repeatable)")
+
+    compare = sub.add_parser("compare", help="paired comparison of two models or runs: deltas on "
+                             "the examples both evaluated, exact McNemar test, bootstrap CIs")
+    compare.add_argument("a", help="baseline: run id (prefix), model name or checkpoint path")
+    compare.add_argument("b", help="candidate: run id (prefix), model name or checkpoint path")
+    compare.add_argument("--store", default=None, help=STORE_HELP + "; B is looked up here")
+    compare.add_argument("--baseline-store", help="store where A is looked up (default --store)")
+    compare.add_argument("--suite", action="append", default=None, metavar="SUITE",
+                         help="compare only these suites (repeatable)")
+    compare.add_argument("--format", default="table", choices=("table", "markdown", "json"))
+    compare.add_argument("--metric", action="append", default=None, metavar="NAME",
+                         help="metric --fail-on-drop watches, e.g. cifar10c:mean (repeatable; "
+                              "default: each compared suite's headline accuracy)")
+    compare.add_argument("--fail-on-drop", type=float, default=None, metavar="PP",
+                         help="exit 1 when a watched metric drops by more than PP percentage "
+                              "points and the drop is significant")
+    compare.add_argument("--alpha", type=float, default=0.05, help="significance level "
+                         "(default 0.05)")
+    compare.add_argument("--resamples", type=_positive_int, default=2000,
+                         help="bootstrap resamples (default 2000)")
+    compare.add_argument("--seed", type=int, default=0, help="bootstrap/permutation seed")
 
     train = sub.add_parser("train", help="train a registered model with the project's recipe")
     train.add_argument("--model", required=True, help="registry name")
@@ -410,6 +442,24 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from reports.build import build_site
+
+    path = args.store or _default_store()
+    site = build_site(path, args.out, reference=args.reference, pairs=args.compare)
+    _console().print(f"wrote {len(site.pages)} pages ({site.bytes / 1e6:.1f} MB) to "
+                     f"{site.out} in {site.seconds:.1f} s")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from reports.compare import compare_cli
+
+    text, status = compare_cli(args, default_store=_default_store())
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    return status
+
+
 def cmd_train(args) -> int:
     from rich.progress import (
         BarColumn,
@@ -462,7 +512,8 @@ def cmd_train(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "ls": cmd_ls, "show": cmd_show, "train": cmd_train}
+COMMANDS = {"run": cmd_run, "ls": cmd_ls, "show": cmd_show, "report": cmd_report,
+            "compare": cmd_compare, "train": cmd_train}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
