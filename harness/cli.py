@@ -377,10 +377,10 @@ def cmd_ls(args) -> int:
                 suite = SUITES.get(r["suite"])() if r["suite"] in SUITES and r["n"] else None
                 head = suite.headline(suite.summarize(store, r["run_id"])) if suite else {}
                 key = suite.primary if suite and suite.primary in head else None
-                heads.append(f"{_pct(head[key])} ({suite.label(key).rstrip(' %')})"
+                heads.append(f"{suite.format(key, head[key])} ({suite.label(key).rstrip(' %')})"
                              if key else "-")
         table = Table(title=f"runs in {path}")
-        for col in ("run", "model", "suite", "data", "n", "accuracy %", "status", "started (UTC)"):
+        for col in ("run", "model", "suite", "data", "n", "headline", "status", "started (UTC)"):
             table.add_column(col)
         for r, head in zip(runs, heads):
             table.add_row(r["run_id"][:12], r["model"], r["suite"], r["spec"]["data"],

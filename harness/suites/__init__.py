@@ -1,6 +1,7 @@
 """Suites: what is measured. ``SUITES.get(name)`` returns the suite class.
 
-Built in: ``clean``, ``cifar10c``, ``pgd``, ``autoattack``, ``lipschitz``, ``sparsity``; the
+Built in: ``clean``, ``cifar10c``, ``pgd``, ``autoattack``, ``lipschitz``, ``sparsity``,
+``coding``; the
 protocol a suite follows (options, per-example fields, metric records, summary, headline,
 tables) is in :mod:`harness.suites._base`.
 """
@@ -9,6 +10,7 @@ from harness.suites import (  # noqa: F401  (registers the suites)
     adversarial,
     cifar10c,
     clean,
+    coding,
     lipschitz,
     sparsity,
 )
