@@ -31,6 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 RELU, BSILU, NELU = "resnet8", "resnet8-sugar-bsilu", "resnet8-sugar-nelu"
 ONE_LIP = "resnet8-deepspline-1lip"
+WARP = "warp-lca-resnet8"
 ALPHA = 0.05
 
 
@@ -49,8 +50,9 @@ def noisy_checkpoint(path, *, scale: float = 0.3, seed: int = 0):
 def filled(tmp_path_factory):
     """A store with small real runs: sparsity and CIFAR-10-C (2 corruptions x 2 severities)
     of ReLU and the two SUGARs, CIFAR-10-C of the noisy SUGAR, the lipschitz suite of the
-    1-Lipschitz network and PGD (Linf 2/255) of ReLU and the 1-Lipschitz network. No LCA
-    model, no lipschitz run of ReLU. Returns (store path, claims at alpha 0.05, bad model
+    1-Lipschitz network, PGD (Linf 2/255) of ReLU and the 1-Lipschitz network, and a tiny
+    coding run of WARP-LCA (its own threshold). No cold LCA model, no lipschitz run of ReLU,
+    no hard-threshold coding run. Returns (store path, claims at alpha 0.05, bad model
     key)."""
     root = tmp_path_factory.mktemp("findings")
     path = str(root / "store.sqlite")
@@ -64,7 +66,9 @@ def filled(tmp_path_factory):
                  ["--suite", "lipschitz", "--n", "20", "--clever-n", "0", "--power-iters", "3",
                   "--pair-steps", "2", "--model", ONE_LIP],
                  ["--suite", "pgd", "--n", "50", "--linf", "2/255", "--l2", "none", "--steps",
-                  "3", "--no-checks", "--model", RELU, ONE_LIP]):
+                  "3", "--no-checks", "--model", RELU, ONE_LIP],
+                 ["--suite", "coding", "--n", "4", "--reference-iterations", "30",
+                  "--max-iterations", "20", "--model", WARP]):
         assert main([*base, *argv]) == 0, argv
     with Store(path, readonly=True) as store:
         entries = collect(store)
@@ -110,18 +114,20 @@ def test_every_claim_has_a_verdict_a_rule_and_its_numbers_or_what_is_missing(fil
                 assert t["n"] > 0 and t["p_value"] is not None, (c.id, t)
     measured = {c.id.split(":")[0] for c in claims if c.verdict != NOT_MEASURED}
     assert {"sugar-accuracy", "sugar-cifar10c", "sugar-zeros", "sugar-dead-units",
-            "spline-1lip-certified", "spline-1lip-robust", "spline-1lip-cost"} <= measured
+            "spline-1lip-certified", "spline-1lip-robust", "spline-1lip-cost",
+            "lca-iterations"} <= measured
 
 
 def test_claims_whose_models_or_suites_are_absent_are_not_measured_with_a_command(filled):
     _, claims, bad = filled
-    lca = [c for c in claims if c.section == "WARP-LCA vs LCA"]
+    lca = [c for c in claims if c.section == "WARP-LCA vs LCA" and c.id != f"lca-iterations:{WARP}"]
     assert lca and all(c.verdict == NOT_MEASURED for c in lca)
     for c in lca:
-        if c.id in ("lca-iterations", "lca-final-energy"):   # no suite stores LCA energy
-            assert "no 'harness run' command" in c.missing[0]
-        else:
-            assert "harness run --suite" in c.missing[0], c.missing
+        assert "harness run --suite" in c.missing[0], c.missing
+    # the hard-threshold energy needs its own coding run, with the options of the stored one
+    energy = one(claims, f"lca-final-energy:{WARP}")
+    assert (f"harness run --suite coding --model {WARP} --n 4 --reference-iterations 30 "
+            "--max-iterations 20 --threshold hard" in energy.missing[0])
     noise = one(claims, "lca-noise-shot_noise-vs-resnet8:warp-lca-resnet8")
     # ReLU's stored CIFAR-10-C run gives the options a new run must match to pair with it
     assert ("harness run --suite cifar10c --model resnet8 warp-lca-resnet8 --n 200 "
@@ -170,6 +176,8 @@ def test_verdicts_follow_the_numbers_and_the_significance_level(filled):
         if c.verdict != NOT_MEASURED and c.tests:
             (t,) = c.tests
             expect = (t["delta"] * t["direction"] > 0 and t["p_value"] < ALPHA)
+            if c.id.startswith("lca-iterations"):     # and an order of magnitude in medians
+                expect = expect and c.evidence[1]["value"] >= 10 * c.evidence[0]["value"]
             assert c.verdict == (SUPPORTED if expect else NOT_SUPPORTED), c.id
     # PGD at Linf 2/255: the 1-Lipschitz network keeps clearly more images than ReLU
     robust = one(claims, f"spline-1lip-robust:{ONE_LIP}:Linf 2/255")
@@ -238,3 +246,18 @@ def test_bound_verdict_rejects_a_bound_above_the_limit_a_missing_bound_and_a_vio
     assert bound_verdict(float("nan"), 0.3) == NOT_SUPPORTED
     assert bound_verdict(2e5, 18.0) == SUPPORTED                       # holds, loose
     assert bound_verdict(0.5, 0.6, limit=1.0) == NOT_SUPPORTED        # a lower bound above it
+
+
+def test_iterations_to_equal_energy_come_from_the_coding_run(filled):
+    path, claims, _ = filled
+    c = one(claims, f"lca-iterations:{WARP}")
+    assert c.verdict in (SUPPORTED, NOT_SUPPORTED) and c.models == {"model": WARP}
+    (t,) = c.tests
+    frame = run_frame(path, t["runs"][0])
+    assert t["runs"][0] == t["runs"][1] and len(frame) == t["n"] == 4
+    cap = 21                                   # --max-iterations 20, not reached: 21
+    warp = frame["iterations_to_target"].astype(float).fillna(cap)
+    cold = frame["cold_iterations_to_target"].astype(float).fillna(cap)
+    assert [c.evidence[0]["value"], c.evidence[1]["value"]] == [warp.median(), cold.median()]
+    assert (t["a"], t["b"]) == pytest.approx((cold.mean(), warp.mean()))
+    assert t["delta"] == pytest.approx((warp - cold).mean())
