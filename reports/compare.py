@@ -19,7 +19,10 @@ in both runs, and :func:`paired_metrics` gives one row per metric:
 * ``value`` rows: a per-example number (a Jacobian norm, a zero fraction): mean over the paired
   examples, permutation test.
 * ``model`` rows: one number per model (the certified Lipschitz bound, dead units): the
-  suites' headline values, no test.
+  suites' headline values, no test (``n`` 0, CI and p NaN, ``test`` "-").
+
+``resamples`` serves both the bootstrap and the permutation test (whose smallest two-sided p is
+then about 2 / (resamples + 1)); ``seed`` seeds both.
 
 Every delta is B - A with a paired bootstrap 95 % CI over examples (:mod:`reports.stats`).
 :func:`compare_refs` gathers the rows of every shared suite into a :class:`Comparison`, which
@@ -64,7 +67,7 @@ MINUS = "\u2212"
 
 
 # -- resolving references ---------------------------------------------------------------------
-def resolve(store: Store, ref: str) -> list[RunView]:
+def resolve(store: Store, ref: str, *, entries: list | None = None) -> list[RunView]:
     """The runs a reference names in ``store``: every suite's chosen run of a model (a model
     key or name, or a checkpoint path matched by its sha256), else the one run whose id starts
     with ``ref``.
@@ -72,8 +75,10 @@ def resolve(store: Store, ref: str) -> list[RunView]:
     Raises:
         HarnessError: a name that matches several models (different weights), a checkpoint no
             run evaluated, or nothing found (the message names what the store holds).
+
+    ``entries``: ``reports.collect.collect(store)`` when the caller has it already.
     """
-    entries = collect(store)
+    entries = collect(store) if entries is None else entries
     models = find_models(entries, ref)
     if len(models) > 1:
         raise HarnessError(
@@ -447,8 +452,10 @@ def compare_refs(store_a: Store, ref_a: str, store_b: Store, ref_b: str, *,
         HarnessError: a reference that resolves to nothing or several models, an unknown suite,
             or nothing left to compare.
     """
-    views_a = {v.suite: v for v in resolve(store_a, ref_a)}
-    views_b = {v.suite: v for v in resolve(store_b, ref_b)}
+    entries_a = collect(store_a)
+    entries_b = entries_a if store_b is store_a else collect(store_b)
+    views_a = {v.suite: v for v in resolve(store_a, ref_a, entries=entries_a)}
+    views_b = {v.suite: v for v in resolve(store_b, ref_b, entries=entries_b)}
     notes: list[str] = []
     if suites:
         wanted = [s if s in views_a or s in views_b else SUITES.resolve(s) for s in suites]
