@@ -378,7 +378,7 @@ class Comparison:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
-    def _cells(self, r, *, mark_significant: bool = True) -> list[str]:
+    def cells(self, r, *, mark_significant: bool = True) -> list[str]:
         mark = "*" if r.significant and mark_significant else ""
         discord = ("-" if r.a_only != r.a_only
                    else f"{int(r.a_only)} / {int(r.b_only)}")
@@ -407,7 +407,7 @@ class Comparison:
         for i, col in enumerate(self.HEADER):
             table.add_column(col, justify="left" if i in (0, 7) else "right")
         for r in self.rows.itertuples(index=False):
-            table.add_row(*self._cells(r))
+            table.add_row(*self.cells(r))
         console.print(table)
         for note in self.notes:
             console.print(f"note: {note}", soft_wrap=True)
@@ -422,7 +422,7 @@ class Comparison:
                  "| " + " | ".join(self.HEADER) + " |",
                  "|" + "|".join(["---"] + ["---:"] * 6 + ["---", "---:"]) + "|"]
         for r in self.rows.itertuples(index=False):
-            cells = [c.replace("|", "\\|") for c in self._cells(r, mark_significant=False)]
+            cells = [c.replace("|", "\\|") for c in self.cells(r, mark_significant=False)]
             if r.significant:
                 cells[4] = f"**{cells[4]}**"
             lines.append("| " + " | ".join(cells) + " |")

@@ -119,3 +119,43 @@ def run_suites(*, models, store, force: bool = False, **plan_kwargs):
 def run_suite(*, model, **kwargs):
     """:func:`run_suites` for one model; returns its outcome."""
     return run_suites(models=[model], **kwargs)[0]
+
+
+# Small real stores for the report tests, filled through the CLI on bundled models and the
+# bundled sample (the pages read them; nothing is recomputed). The quick one (seconds) holds
+# what the default tier needs; the full one adds the attack and Lipschitz suites (slow tier).
+REPORT_RUNS = (
+    ("cifar10c", ["resnet8", "resnet8-sugar-bsilu"],
+     ["--corruptions", "gaussian_noise,fog", "--severities", "1,3", "--n", "100"]),
+    ("sparsity", ["resnet8", "resnet8-sugar-bsilu"], ["--n", "100"]),
+)
+REPORT_RUNS_FULL = (
+    ("pgd", ["resnet8"], ["--n", "40", "--linf", "2/255,8/255", "--l2", "0.5", "--steps", "3",
+                          "--check-n", "20"]),
+    ("lipschitz", ["resnet8"], ["--n", "6", "--power-iters", "3", "--clever-n", "1",
+                                "--clever-batches", "3", "--clever-samples", "8",
+                                "--pair-steps", "2"]),
+)
+
+
+def _fill_store(store: Path, runs) -> Path:
+    from harness.cli import main
+
+    for suite, models, extra in runs:
+        status = main(["run", "--suite", suite, "--model", *models, "--store", str(store),
+                       "--quiet", *extra])
+        assert status == 0, f"{suite} run failed"
+    return store
+
+
+@pytest.fixture(scope="session")
+def report_store(tmp_path_factory) -> Path:
+    """A store with the :data:`REPORT_RUNS` (clean, CIFAR-10-C, sparsity): seconds."""
+    return _fill_store(tmp_path_factory.mktemp("report") / "store.sqlite", REPORT_RUNS)
+
+
+@pytest.fixture(scope="session")
+def full_report_store(tmp_path_factory) -> Path:
+    """:func:`report_store`'s runs plus PGD (with its masking checks) and Lipschitz."""
+    return _fill_store(tmp_path_factory.mktemp("report-full") / "store.sqlite",
+                       REPORT_RUNS + REPORT_RUNS_FULL)
