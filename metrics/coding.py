@@ -34,6 +34,14 @@ def _core(coder: nn.Module) -> nn.Module:
     return getattr(coder, "lca", coder)
 
 
+def model_iterations(model: nn.Module) -> int:
+    """The iterations the model's front end runs in its forward."""
+    coder = find_coder(model)
+    if coder is None:
+        raise ValueError("the model has no sparse-coding front end")
+    return int(coder.iterations)
+
+
 @dataclass
 class EnergyTraces:
     """Per example: the reference energy, the energy per iteration from the model's own start

@@ -75,3 +75,28 @@ def test_listing_prints_the_headline_as_the_suite_formats_it(store, capsys):
         ratio = st.to_frame([run["run_id"]])["energy_ratio"].mean()
     assert main(["ls", "runs", "--store", str(store)]) == 0
     assert f"{ratio:.3f} (energy / LCA-ref)" in capsys.readouterr().out
+
+
+def test_short_traces_change_only_the_iteration_counts(store, tmp_path):
+    """--max-iterations below the model's own 20 iterations: the energy is still the energy
+    after 20 (it was the energy after --max-iterations), the counts are the 30-iteration run's
+    counts cut at the window, and the summary's medians count misses as never reached."""
+    short = tmp_path / "short.sqlite"
+    args = [a if a != "30" else "8" for a in ARGS]
+    assert main(["run", "--suite", "coding", "--model", "warp-lca-resnet8", "--store",
+                 str(short), *args]) == 0
+    with Store(store, readonly=True) as st:
+        long = st.to_frame().sort_values("example").reset_index(drop=True)
+    with Store(short, readonly=True) as st:
+        (run,) = st.runs()
+        cut = st.to_frame().sort_values("example").reset_index(drop=True)
+        summary = SUITES.get("coding")().summarize(st, run["run_id"])
+    np.testing.assert_allclose(cut["energy"], long["energy"], rtol=1e-6)
+    for col in ("iterations_to_target", "cold_iterations_to_target"):
+        want = long[col].where(long[col] <= 8)
+        np.testing.assert_array_equal(cut[col].to_numpy(), want.to_numpy())
+        med = float(np.median(cut[col].fillna(np.inf)))
+        key = "iterations" if col == "iterations_to_target" else "cold_iterations"
+        assert summary[key].iloc[0] == med
+    suite = SUITES.get("coding")()
+    assert suite.format("cold_iterations", np.inf) == "not reached"

@@ -20,6 +20,7 @@ from harness.suites._base import (
     Field,
     Metric,
     Option,
+    SampleSuite,
     ShardInputs,
     Suite,
     Table,
@@ -31,5 +32,6 @@ from harness.suites._base import (
     raised_flags,
 )
 
-__all__ = ["SUITES", "EvalContext", "Field", "Metric", "Option", "ShardInputs", "Suite", "Table",
+__all__ = ["SUITES", "EvalContext", "Field", "Metric", "Option", "SampleSuite", "ShardInputs",
+           "Suite", "Table",
            "at_least_one", "contiguous_shards", "count", "non_negative", "positive", "raised_flags"]

@@ -358,6 +358,25 @@ class Suite:
         return []
 
 
+class SampleSuite(Suite):
+    """A suite that measures the clean split under one condition named after the suite
+    (``lipschitz``, ``sparsity``, ``coding``): at most :attr:`sample_n` examples unless ``n``
+    is given, every option enters the parameters (and so the run id), contiguous shards."""
+
+    sample_n: int | None = None
+
+    def default_n(self, data) -> int | None:
+        return None if self.sample_n is None else min(self.sample_n, len(data))
+
+    def params(self, *, n: int, shard_size: int | None = None, data=None, device: str = "cpu",
+               **options: Any) -> dict[str, Any]:
+        return {**super().params(n=n, shard_size=shard_size), **options}
+
+    def shards(self, data, params: Mapping[str, Any]) -> list[Shard]:
+        return contiguous_shards(params["n"], params["shard_size"], {"condition": self.name},
+                                 self.name)
+
+
 def raised_flags(metrics) -> list[str]:
     """One line per raised flag of a run's metric records (``Store.metrics_frame``): a record
     named ``flag`` with a value > 0 is a check a suite stored as violated (e.g. a

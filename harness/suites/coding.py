@@ -26,10 +26,9 @@ from harness.suites._base import (
     Field,
     Metric,
     Option,
-    Suite,
+    SampleSuite,
     Table,
     at_least_one,
-    contiguous_shards,
     positive,
 )
 
@@ -45,8 +44,9 @@ def _threshold(value: str) -> str:
 @SUITES.register("coding", description="sparse-coding energy of LCA / WARP-LCA front ends: "
                  "energy against cold LCA-1000, iterations to reach it from the model's start "
                  "and from zeros, code l0")
-class CodingSuite(Suite):
+class CodingSuite(SampleSuite):
     name = "coding"
+    sample_n = DEFAULT_N
     default_shard_size = 50
     options = (
         Option("reference_iterations", type=int, default=1000, check=at_least_one,
@@ -63,7 +63,8 @@ class CodingSuite(Suite):
         Field("energy_reference", float, "energy of cold LCA after --reference-iterations"),
         Field("energy_ratio", float, "energy / energy_reference"),
         Field("iterations_to_target", float, "iterations from the model's start to within "
-              "--tolerance of the target (NaN: not within --max-iterations)"),
+              "--tolerance of the target (NaN: not within --max-iterations; the summary's "
+              "median counts it as never)"),
         Field("cold_iterations_to_target", float, "the same from zeros (cold LCA)"),
         Field("l0_fraction", float, "active code units after the model's own iterations"),
     )
@@ -77,16 +78,6 @@ class CodingSuite(Suite):
     labels = {"accuracy": "clean %", "energy_ratio": "energy / LCA-ref",
               "iterations": "iterations to target", "cold_iterations": "cold iterations",
               "l0_fraction": "code l0 %"}
-
-    def default_n(self, data) -> int | None:
-        return min(DEFAULT_N, len(data))
-
-    def params(self, *, n, shard_size=None, data=None, device="cpu", **options):
-        return {**super().params(n=n, shard_size=shard_size), **options}
-
-    def shards(self, data, params):
-        return contiguous_shards(params["n"], params["shard_size"], {"condition": self.name},
-                                 self.name)
 
     def describe(self, params) -> str:
         return (f"n = {params['n']} | target: cold LCA after {params['reference_iterations']} "
@@ -102,36 +93,40 @@ class CodingSuite(Suite):
 
     def evaluate(self, model, inputs, shard, ctx) -> ShardResult:
         from harness.predict import prepare_batch
-        from metrics.coding import energy_traces, iterations_to
+        from metrics.coding import energy_traces, iterations_to, model_iterations
 
         result = super().evaluate(model, inputs, shard, ctx)
         start = time.perf_counter()
         p = ctx.params
         threshold = None if p["threshold"] == "model" else p["threshold"]
         parts = []
+        k = model_iterations(model)
+        # traced far enough for both the model's own iterations and --max-iterations; the
+        # iteration counts look at the first max_iterations only, so they do not depend on k
+        traced = max(k, p["max_iterations"])
         for i in range(0, len(inputs.example), ctx.batch_size):
             x = prepare_batch(inputs.images[i:i + ctx.batch_size], device=ctx.device,
                               dtype=ctx.torch_dtype)
             parts.append(energy_traces(model, x, reference_iterations=p["reference_iterations"],
-                                       max_iterations=p["max_iterations"], threshold=threshold))
+                                       max_iterations=traced, threshold=threshold))
         ref = np.concatenate([t.reference for t in parts])
         own = np.concatenate([t.own for t in parts], axis=1)
         cold = np.concatenate([t.cold for t in parts], axis=1)
         l0 = np.concatenate([t.own_l0 for t in parts], axis=1)
-        k = min(parts[0].model_iterations, p["max_iterations"])
         target = ref * (1 + p["tolerance"])
+        window = p["max_iterations"] + 1
         fields = {"energy": own[k], "energy_reference": ref, "energy_ratio": own[k] / ref,
-                  "iterations_to_target": iterations_to(own, target),
-                  "cold_iterations_to_target": iterations_to(cold, target),
+                  "iterations_to_target": iterations_to(own[:window], target),
+                  "cold_iterations_to_target": iterations_to(cold[:window], target),
                   "l0_fraction": l0[k]}
+        own, cold = own[:window], cold[:window]
         records = [MetricRecord("examples", "shard", "", float(len(ref)))]
         records += [MetricRecord("energy", "iteration", str(t), float(v))
                     for t, v in enumerate(own.mean(axis=1))]
         records += [MetricRecord("energy_cold", "iteration", str(t), float(v))
                     for t, v in enumerate(cold.mean(axis=1))]
         if shard.start == 0:
-            records.append(MetricRecord("model_iterations", "model", "",
-                                        float(parts[0].model_iterations)))
+            records.append(MetricRecord("model_iterations", "model", "", float(k)))
         return ShardResult(shard=shard, example=result.example, label=result.label,
                            pred=result.pred, correct=result.correct, loss=result.loss,
                            wall_s=result.wall_s + time.perf_counter() - start, fields=fields,
@@ -156,12 +151,15 @@ class CodingSuite(Suite):
         curves = (curves["wv"] / curves["weight"]).unstack("name").reset_index()
         k = metrics[metrics["name"] == "model_iterations"]["value"]
         own, cold = frame["iterations_to_target"], frame["cold_iterations_to_target"]
+        # an example that never reached the target is censored, not dropped: it counts as
+        # infinitely many iterations, so the median is "not reached" when most did not
         out = pd.DataFrame([{
             "n": len(frame), "accuracy": float(frame["correct"].mean()),
             "model_iterations": int(k.iloc[0]) if len(k) else -1,
             "energy_ratio": float(frame["energy_ratio"].mean()),
-            "iterations": float(own.median()), "reached": int(own.notna().sum()),
-            "cold_iterations": float(cold.median()), "cold_reached": int(cold.notna().sum()),
+            "iterations": float(own.fillna(np.inf).median()), "reached": int(own.notna().sum()),
+            "cold_iterations": float(cold.fillna(np.inf).median()),
+            "cold_reached": int(cold.notna().sum()),
             "l0_fraction": float(frame["l0_fraction"].mean()),
         }])
         out.attrs["curves"] = curves
@@ -180,7 +178,7 @@ class CodingSuite(Suite):
         if key == "energy_ratio":
             return f"{value:.3f}"
         if key in ("iterations", "cold_iterations"):
-            return f"{value:.0f}"
+            return "not reached" if value == np.inf else f"{value:.0f}"
         return super().format(key, value)
 
     def details(self, summary) -> list:

@@ -36,10 +36,9 @@ from harness.suites._base import (
     Field,
     Metric,
     Option,
-    Suite,
+    SampleSuite,
     Table,
     at_least_one,
-    contiguous_shards,
     count,
     positive,
 )
@@ -53,8 +52,9 @@ def _fmt(value: float) -> str:
 
 @SUITES.register("lipschitz", description="certified l2 Lipschitz upper bound, empirical lower "
                  "bounds (Jacobian norm, PGD pairs) and CLEVER scores")
-class LipschitzSuite(Suite):
+class LipschitzSuite(SampleSuite):
     name = "lipschitz"
+    sample_n = DEFAULT_N
     default_shard_size = 50
     options = (
         Option("power_iters", type=int, default=10, check=at_least_one,
@@ -93,16 +93,6 @@ class LipschitzSuite(Suite):
     primary = "lower"
     labels = {"accuracy": "clean %", "upper": "upper bound", "lower": "best lower",
               "clever_l2": "CLEVER l2"}
-
-    def default_n(self, data) -> int | None:
-        return min(DEFAULT_N, len(data))
-
-    def params(self, *, n, shard_size=None, data=None, device="cpu", **options):
-        return {**super().params(n=n, shard_size=shard_size), **options}
-
-    def shards(self, data, params):
-        return contiguous_shards(params["n"], params["shard_size"], {"condition": self.name},
-                                 self.name)
 
     def describe(self, params) -> str:
         return (f"n = {params['n']} | Jacobian: {params['power_iters']} power iterations | "

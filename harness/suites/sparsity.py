@@ -19,15 +19,16 @@ import time
 import numpy as np
 
 from harness.records import MetricRecord, ShardResult
-from harness.suites._base import SUITES, Field, Metric, Suite, Table, contiguous_shards
+from harness.suites._base import SUITES, Field, Metric, SampleSuite, Table
 
 DEFAULT_N = 1000
 
 
 @SUITES.register("sparsity", description="activation sparsity: exact zeros per layer, dead "
                  "units, per-unit frequencies, LCA code l0 per image")
-class SparsitySuite(Suite):
+class SparsitySuite(SampleSuite):
     name = "sparsity"
+    sample_n = DEFAULT_N
     fields = (
         Field("zero_fraction", float, "exact zeros over all activation sites of the example"),
         Field("code_l0", float, "nonzero code entries of the sparse-coding front end (NaN: none)"),
@@ -43,13 +44,6 @@ class SparsitySuite(Suite):
     primary = "zero_fraction"
     labels = {"accuracy": "clean %", "zero_fraction": "zeros %", "dead_units": "dead units",
               "code_l0_fraction": "code l0 %"}
-
-    def default_n(self, data) -> int | None:
-        return min(DEFAULT_N, len(data))
-
-    def shards(self, data, params):
-        return contiguous_shards(params["n"], params["shard_size"], {"condition": self.name},
-                                 self.name)
 
     def evaluate(self, model, inputs, shard, ctx) -> ShardResult:
         import torch
