@@ -177,6 +177,8 @@ def test_the_report_is_built_and_uploaded_before_a_regression_fails_the_job(jobs
     upload = step(job, uses="actions/upload-pages-artifact")
     assert upload["with"]["path"].rstrip("/") == "site"
     assert "!cancelled()" in upload["if"]  # uploaded whatever the comparison found
+    assert "!cancelled()" in compare["if"]  # the gate runs even when the site build failed
+    assert "steps.site.outcome" in str(step(job, key="Fail on a significant drop")["env"])
     fail = step(job, key="Fail on a significant drop")
     assert index(job, build) < index(job, compare) < index(job, upload) < index(job, fail)
     assert "!cancelled()" in fail["if"] and "exit 1" in fail["run"]
@@ -192,3 +194,8 @@ def test_deploys_only_from_a_push_to_the_default_branch(jobs):
     # No other job may deploy, or a pull request could publish its site.
     assert [n for n, j in jobs.items() if any("deploy-pages" in s.get("uses", "") for s in j["steps"])] == [
         "deploy"]
+
+
+def test_the_test_job_keeps_the_report_screenshots(jobs):
+    up = step(jobs["test"], uses="actions/upload-artifact")
+    assert up["with"]["path"].rstrip("/") == "test-artifacts" and "!cancelled()" in up["if"]
