@@ -20,7 +20,9 @@ cold-start LCA from one ``coding`` run, which traces both starts on the same ima
 per-example quantities of one run: paired permutation test and bootstrap CI from
 :mod:`reports.stats`). Per claim the comparison uses the pair of comparable runs that pairs
 the most examples. Every claim is tested at ``alpha`` on its own:
-no correction for the number of claims on the page.
+no correction for the number of claims on the page. A robustness claim (accuracy under PGD)
+is never ``supported`` when either pgd run raised a gradient-masking flag
+(:func:`harness.suites.raised_flags`); the flags are shown in its evidence.
 
 Units in ``evidence`` and ``tests``: ``%`` marks a fraction (the pages print it as a
 percentage), ``count`` a count, ``x`` a Lipschitz constant (an l2 gain).
@@ -62,6 +64,11 @@ NOISE = ("gaussian_noise", "shot_noise", "impulse_noise")
 CLEAN = (("clean", "accuracy"), ("cifar10c", "clean"), ("sparsity", "accuracy"),
          ("pgd", "clean"), ("autoattack", "clean"), ("lipschitz", "accuracy"))
 LIPSCHITZ_TOL = 1e-6     # relative, as the lipschitz suite's own lower > upper flag
+# The condition robustness claims add: a higher accuracy under attack can come from gradient
+# masking (the attack fails, the model is not robust), which the pgd suite's checks look for.
+NO_MASKING_FLAG = ("neither pgd run raised a gradient-masking flag (the suite's own checks: "
+                   "with a flag raised the accuracy under attack may be overstated by gradient "
+                   "masking, so the claim is not supported whatever the test says)")
 
 
 @dataclass
@@ -69,9 +76,10 @@ class Claim:
     """One claim of a paper for one pair of models, with one verdict.
 
     ``evidence``: dicts with what, value (float or None), unit, n, source (data and run id
-    prefix), run_id. ``tests``: the paired comparisons the verdict reads, dicts with what,
-    metric, a, b, delta (b - a), ci_low, ci_high, p_value, test, n, unit, a_only, b_only,
-    direction (+1: the claim needs b > a, -1: b < a) and runs. ``missing``: what the store
+    prefix), run_id, and ``flag`` (True) on a raised gradient-masking flag. ``tests``: the
+    paired comparisons the verdict reads, dicts with what, metric, a, b, delta (b - a),
+    ci_low, ci_high, p_value, test, n, unit, a_only, b_only, direction (+1: the claim needs
+    b > a, -1: b < a) and runs. ``missing``: what the store
     lacks and the command that would measure it. ``models``: role (``a`` baseline, ``b``
     candidate, or ``model``) -> model key in the store (the registry name when absent).
     """
@@ -264,12 +272,14 @@ class _Judge:
 
     # what is missing ----------------------------------------------------------------------------
     def command(self, suite: str, models: Sequence[tuple[str, ModelEntry | None]],
-                overrides: dict[str, Any] | None = None) -> str:
+                overrides: dict[str, Any] | None = None, *, like: RunView | None = None
+                ) -> str:
         """The ``harness run`` command(s) that would give ``models`` comparable ``suite`` runs:
-        the options of the largest stored run of one of them (so the new run pairs with it),
-        with ``overrides``; a model with other than the bundled weights needs its checkpoint."""
+        the options of ``like`` or else of the largest stored run of one of them (so the new
+        run pairs with it), with ``overrides``; a model with other than the bundled weights
+        needs its checkpoint."""
         existing = [v for _, e in models for v in self.views(e, suite)]
-        ref = max(existing, key=lambda v: v.n) if existing else None
+        ref = like or (max(existing, key=lambda v: v.n) if existing else None)
         opts: list[str] = []
         if ref is not None:
             opts.append(f"--n {ref.n}")
@@ -423,18 +433,25 @@ class _Findings(_Judge):
                       rule=f"Supported if {kb} has fewer dead units (zero on every image and "
                            f"position of the run) than {ka}, both counted over the same images "
                            "(sparsity runs with equal n on the same data), and Fisher's exact "
-                           f"test on their dead/alive unit counts gives p < {self.alpha}; "
-                           "otherwise not supported.")
+                           "test on their dead/alive unit counts (units treated as independent "
+                           f"draws of the training process) gives p < {self.alpha}; otherwise "
+                           "not supported. That independence is an assumption: each model is "
+                           "one trained network, whose units are not independent samples, so "
+                           "p speaks to these two networks, not to what retraining would give.")
             pairs = [(va, vb) for va, vb in self.pairs(a, b, "sparsity")
                      if va.n == vb.n and va.summary is not None and vb.summary is not None
                      and int(va.summary["units"].iloc[0]) and int(vb.summary["units"].iloc[0])]
             unequal = [(va, vb) for va, vb in self.pairs(a, b, "sparsity") if va.n != vb.n]
             if not pairs and unequal:
+                # the model with fewer images is rerun with the options of the other's run
                 va, vb = unequal[0]
+                (sn, se), like = ((RELU, a), vb) if va.n < vb.n else ((name, b), va)
                 c.missing = [f"the sparsity runs of {ka} (n = {va.n}) and {kb} (n = {vb.n}) "
                              "count dead units over different images. To measure it: "
-                             + self.command("sparsity", [(RELU, a), (name, b)])]
-            elif not pairs:
+                             + self.command("sparsity", [(sn, se)], like=like)]
+                out.append(c)
+                continue
+            if not pairs:
                 c.missing = self.missing(RELU, a, name, b, ["sparsity"], "dead units")
                 out.append(c)
                 continue
@@ -524,8 +541,9 @@ class _Findings(_Judge):
                   "more images correct than ReLU ({a}) under PGD at {threat} (the purpose of "
                   "the controlled Lipschitz constant in deep_splines.md).",
             rule="Supported if {b}'s accuracy under the stored PGD attack at {threat} (worst "
-                 "over its gradient paths) minus {a}'s, on the same images, is positive and "
-                 "the exact McNemar test gives p < {alpha}; otherwise not supported.")
+                 "over its gradient paths) minus {a}'s, on the same images, is positive, "
+                 "the exact McNemar test gives p < {alpha}, and " + NO_MASKING_FLAG + "; "
+                 "otherwise not supported.")
         out += self.paired_claim(
             id="spline-1lip-cost", section=SPLINE_SECTION, paper="deep_splines.md",
             a_name=RELU, b_name=ONE_LIP, measures=CLEAN, unit="%", direction=-1,
@@ -589,10 +607,21 @@ class _Findings(_Judge):
                             c.evidence.append(_evidence(f"{k}: certified l2 Lipschitz upper "
                                                         "bound", lv.headline["upper"], "x",
                                                         lv.n, lv))
+                flagged = False
+                for k, v in ((ka, va), (kb, vb)):
+                    for flag in v.flags:
+                        flagged = True
+                        c.evidence.append({**_evidence(f"{k}: gradient-masking check raised a "
+                                                       f"flag: {flag}", None, "", v.n, v),
+                                           "flag": True})
+                    if not v.params.get("checks", True):
+                        c.evidence.append(_evidence(f"{k}: gradient-masking checks not run "
+                                                    "(--no-checks)", None, "", v.n, v))
                 t = _test(f"accuracy under PGD {threat}: {kb} \u2212 {ka}", row, "%", +1, va, vb)
                 c.tests = [t]
-                c.verdict = directional_verdict(t["delta"], t["p_value"], direction=+1,
-                                                alpha=self.alpha)
+                c.verdict = (NOT_SUPPORTED if flagged else
+                             directional_verdict(t["delta"], t["p_value"], direction=+1,
+                                                 alpha=self.alpha))
                 out.append(c)
         return out
 
@@ -623,8 +652,8 @@ class _Findings(_Judge):
                            f"LCA-1000 by default), the paired permutation test gives p < "
                            f"{self.alpha}, and the median count from zeros is at least 10x "
                            "WARP-LCA's (at least one order of magnitude); otherwise not "
-                           "supported. An image that does not get there within the traced "
-                           "iterations counts as the traced iterations + 1 (a lower bound).")
+                           "supported. An image that does not get there within the run's "
+                           "--max-iterations counts as --max-iterations + 1 (a lower bound).")
             view = self.coding_run(e, hard=False)
             if view is None:
                 c.missing = self.coding_missing(e, k, hard=False)
@@ -758,8 +787,9 @@ class _Findings(_Judge):
                   "PGD at {threat}, attacked through every gradient path (unrolled and BPDA) "
                   "(warp_lca.md: 'better robustness when used as the front end').",
             rule="Supported if {b}'s accuracy under the stored PGD attack at {threat} (worst "
-                 "over its gradient paths) minus {a}'s, on the same images, is positive and "
-                 "the exact McNemar test gives p < {alpha}; otherwise not supported.")
+                 "over its gradient paths) minus {a}'s, on the same images, is positive, "
+                 "the exact McNemar test gives p < {alpha}, and " + NO_MASKING_FLAG + "; "
+                 "otherwise not supported.")
         return out
 
 
