@@ -16,16 +16,26 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import REPO, require
 from harness.cli import main
+from harness.errors import HarnessError
 from harness.store import Store
 from harness.suites import SUITES
 from harness.suites.cifar10c import per_corruption
-from reports.compare import COLUMNS, compare_refs, paired_metrics, resolve
+from reports.collect import collect
+from reports.compare import (
+    COLUMNS,
+    _metric_rows,
+    compare_entries,
+    compare_refs,
+    paired_metrics,
+    resolve,
+)
 
 CIFAR10C = ["--suite", "cifar10c", "--corruptions", "gaussian_noise,fog", "--severities", "1,3"]
 
@@ -92,13 +102,29 @@ def test_planted_regression_fails_the_gate(setup, capsys):
     assert "Regression: clean:accuracy \u2212" in out and "cifar10c:mean" in out
 
 
-def test_identical_weights_and_an_improvement_pass(setup, capsys):
-    status, out, _ = _compare(capsys, setup["good"], setup["same"], "--store", setup["s"],
-                              "--fail-on-drop", "2", "--format", "json")
+def test_identical_weights_and_an_improvement_pass(setup, tmp_path, capsys):
+    """The same weights evaluated again (a second store: the model really runs twice) differ
+    by nothing; a byte-identical copy in the same store resolves to the very same runs, which
+    the notes say (its zero deltas are by construction, not evidence)."""
+    again = tmp_path / "again.sqlite"
+    _run(setup["same"], again, "--suite", "clean", "--n", "1000")
+    _run(setup["same"], again, *CIFAR10C, "--n", "200")
+    status, out, _ = _compare(capsys, setup["good"], setup["same"], "--baseline-store",
+                              setup["s"], "--store", str(again), "--fail-on-drop", "2",
+                              "--format", "json")
     assert status == 0
     doc = json.loads(out)
+    # run ids derive from the spec, so they are equal; the runs are not (two stores)
+    assert doc["a"]["store"] == setup["s"] and doc["b"]["store"] == str(again)
+    assert {r["metric"] for r in doc["rows"]} >= {"clean:accuracy", "cifar10c:mean"}
     assert all(r["delta"] == 0 and r["p_value"] == 1 for r in doc["rows"])
     assert doc["verdict"]["regression"] is False
+    assert not any("same runs" in n for n in doc["notes"])
+    status, out, _ = _compare(capsys, setup["good"], setup["same"], "--store", setup["s"],
+                              "--format", "json")
+    doc = json.loads(out)
+    assert status == 0 and doc["a"]["runs"] == doc["b"]["runs"]
+    assert doc["notes"][0].startswith("A and B are the same runs")
     status, out, _ = _compare(capsys, setup["bad"], setup["good"], "--store", setup["s"],
                               "--fail-on-drop", "2", "--resamples", "200")
     assert status == 0 and "No significant drop of more than 2 pp" in out
@@ -115,10 +141,23 @@ def test_watched_metrics_and_threshold(setup, capsys):
     assert doc["verdict"]["regressions"] == ["clean:accuracy"]
     # without --fail-on-drop the verdict is reported but the exit status stays 0
     assert _compare(capsys, *args)[0] == 0
-    # a drop beyond the threshold that is not significant at alpha does not fail (McNemar's
-    # p of the clean drop is about 1e-17; the permutation p-values are >= 1/201)
-    status, out, _ = _compare(capsys, *args, "--fail-on-drop", "2", "--alpha", "1e-30")
-    assert status == 0 and "No significant drop of more than 2 pp" in out
+
+def test_a_large_drop_that_is_not_significant_passes(setup, tmp_path, capsys):
+    """On the first 20 images bad loses 3 that good gets right and gains none: a 15 pp drop,
+    beyond a 2 pp threshold, but McNemar's exact p is 0.25 (checked here with statsmodels)."""
+    mcnemar = require("statsmodels.stats.contingency_tables").mcnemar
+    small = tmp_path / "small.sqlite"
+    for w in (setup["good"], setup["bad"]):
+        _run(w, small, "--suite", "clean", "--n", "20")
+    status, out, _ = _compare(capsys, setup["good"], setup["bad"], "--store", str(small),
+                              "--fail-on-drop", "2", "--format", "json")
+    doc = json.loads(out)
+    (row,) = doc["rows"]
+    assert row["delta"] < -0.02 and not row["significant"]
+    table = [[0, row["a_only"]], [row["b_only"], 0]]     # only the discordant cells count
+    assert row["p_value"] == pytest.approx(mcnemar(table, exact=True).pvalue) and row["p_value"] > 0.05
+    assert status == 0 and doc["verdict"]["regression"] is False
+    assert doc["verdict"]["text"].startswith("No significant drop of more than 2 pp")
 
 
 # -- oracles --------------------------------------------------------------------------------------
@@ -218,14 +257,24 @@ def test_json_and_markdown(setup, rows, capsys):
 
 # -- references and stores ----------------------------------------------------------------------
 def test_baseline_store_and_run_id_refs(setup, capsys):
-    status, out, _ = _compare(capsys, setup["good"], setup["bad"], "--baseline-store",
-                              setup["s"], "--store", setup["s2"], "--fail-on-drop", "2",
-                              "--format", "json", "--resamples", "500")
+    two = [setup["good"], setup["bad"], "--baseline-store", setup["s"], "--store", setup["s2"],
+           "--resamples", "500"]
+    status, out, _ = _compare(capsys, *two, "--format", "json")
     doc = json.loads(out)
-    assert status == 1
+    assert status == 0
     assert [r["metric"] for r in doc["rows"]] == ["clean:accuracy"]
     assert doc["rows"][0]["n"] == 500            # B evaluated the first 500 examples only
     assert any("cifar10c skipped: different parameters" in n for n in doc["notes"])
+    assert [s["suite"] for s in doc["skipped"]] == ["cifar10c"]
+    # a gate must not silently lose a suite both sides have: cifar10c's runs differ
+    one_line_error(capsys, *two, "--fail-on-drop", "2",
+                   match="suite cifar10c both sides have cannot be compared: different "
+                         "parameters (corruptions, severities)")
+    # gating on the suites that do pair is explicit
+    status, out, _ = _compare(capsys, *two, "--fail-on-drop", "2", "--suite", "clean",
+                              "--format", "json")
+    doc = json.loads(out)
+    assert status == 1 and doc["verdict"]["regressions"] == ["clean:accuracy"]
     with Store(setup["s"], readonly=True) as s:
         fa = s.to_frame([_run_id(s, "clean", setup["good"])])
         ids = [_run_id(s, suite, w) for suite in ("clean", "cifar10c")
@@ -257,33 +306,55 @@ def test_user_errors_are_one_line(setup, tmp_path, capsys):
                    match="available: clean:accuracy")
     one_line_error(capsys, setup["good"], setup["bad"], *s, "--suite", "pgd",
                    match="nothing to compare")
+    one_line_error(capsys, setup["good"], setup["bad"], *s, "--resamples", "99",
+                   match="--resamples: expected at least 100, got 99")
+    # the permutation test's smallest p at 200 resamples is 2/201: alpha 0.005 could never
+    # be reached by a permutation row (it was accepted, and such rows silently never counted)
+    one_line_error(capsys, setup["good"], setup["bad"], *s, "--resamples", "200", "--alpha",
+                   "0.005", match="raise --resamples")
+    one_line_error(capsys, setup["good"], setup["bad"], *s, "--alpha", "1e-30",
+                   match="below the permutation test's smallest p-value")
+    status, _, _ = _compare(capsys, setup["good"], setup["bad"], *s, "--resamples", "200",
+                            "--alpha", "0.01")
+    assert status == 0
 
 
-def test_attack_and_metric_suites_reproduce_their_headlines(setup, tmp_path):
-    """pgd (per threat, and the worst case over every stored attack run of the model: good has
-    a second, stronger run, which lowers its worst case; the checks shard stays out),
-    lipschitz and sparsity: a/b are the suites' headline numbers (or the mean of the paired
-    per-example field), model-level rows the headline values."""
-    from reports.collect import view_run
-
-    store_path = tmp_path / "m.sqlite"
+@pytest.fixture(scope="module")
+def metric_store(setup, tmp_path_factory):
+    """pgd, lipschitz and sparsity runs of good and bad; a second, stronger pgd run of both
+    (an attack both sides have) and a third one of good only (an attack B lacks)."""
+    store_path = tmp_path_factory.mktemp("metrics") / "m.sqlite"
     pgd = ["--suite", "pgd", "--n", "20", "--linf", "1/255,2/255", "--l2", "none", "--steps", "3",
            "--check-n", "4"]
+    stronger = ["--suite", "pgd", "--n", "20", "--linf", "2/255", "--l2", "none", "--no-checks"]
     for w in (setup["good"], setup["bad"]):
         _run(w, store_path, *pgd)
         _run(w, store_path, "--suite", "lipschitz", "--n", "3", "--clever-n", "0",
              "--power-iters", "2", "--pair-steps", "1")
         _run(w, store_path, "--suite", "sparsity", "--n", "100")
-    # a second, stronger attack run of good: its worst case counts both runs
-    _run(setup["good"], store_path, "--suite", "pgd", "--n", "20", "--linf", "2/255", "--l2",
-         "none", "--steps", "6", "--no-checks")
-    with Store(store_path, readonly=True) as store:
+        _run(w, store_path, *stronger, "--steps", "6")
+    _run(setup["good"], store_path, *stronger, "--steps", "9")
+    return str(store_path)
+
+
+def test_attack_and_metric_suites_reproduce_their_headlines(setup, metric_store):
+    """pgd per threat, lipschitz and sparsity: a/b are the suites' headline numbers (or the
+    mean of the paired per-example field), model-level rows the headline values. pgd:worst:
+    per example robust under every attack run both sides have (the compared run and the
+    steps-6 run, counted here from Store.to_frame; the checks shard stays out), not good's
+    steps-9 run, which B lacks and a note names; B has no extra run, so its worst case is the
+    suite's own headline."""
+    from reports.collect import view_run
+
+    with Store(metric_store, readonly=True) as store:
         runs = store.runs()
         for suite in ("pgd", "lipschitz", "sparsity"):
             ids = [_run_id_params(runs, suite, w, steps=3 if suite == "pgd" else None)
                    for w in (setup["good"], setup["bad"])]
             va, vb = (view_run(store, r) for r in ids)
-            frame = paired_metrics(store, va, store, vb, resamples=200).set_index("metric")
+            frame = paired_metrics(store, va, store, vb, resamples=200)
+            notes = frame.attrs["notes"]
+            frame = frame.set_index("metric")
             assert frame["kind"].isin(["accuracy", "value", "model"]).all()
             s = SUITES.get(suite)()
             for side, run in (("a", ids[0]), ("b", ids[1])):
@@ -291,6 +362,8 @@ def test_attack_and_metric_suites_reproduce_their_headlines(setup, tmp_path):
                 examples = store.to_frame([run["run_id"]])
                 for metric, row in frame.iterrows():
                     key = metric.split(":", 1)[1]
+                    if key == "worst":
+                        continue
                     want = head.get(key)
                     if want is None:                   # a per-example field: its mean
                         want = examples[key].mean()
@@ -298,10 +371,39 @@ def test_attack_and_metric_suites_reproduce_their_headlines(setup, tmp_path):
             if suite == "pgd":
                 assert {"pgd:clean", "pgd:Linf 1/255", "pgd:Linf 2/255", "pgd:worst"} <= set(
                     frame.index)
-                assert frame.loc["pgd:worst", "test"] == "mcnemar-exact"
+                worst = frame.loc["pgd:worst"]
+                assert worst["test"] == "mcnemar-exact" and worst["n"] == 20
+                for side, w in (("a", setup["good"]), ("b", setup["bad"])):
+                    common = [ids[0 if side == "a" else 1]["run_id"],
+                              _run_id_params(runs, "pgd", w, steps=6)["run_id"]]
+                    f = store.to_frame(common)
+                    f = f[(f["norm"] == "Linf") & ((f["eps"] - 2 / 255).abs() < 1e-9)]
+                    robust = f.groupby("example")["correct"].all()
+                    assert len(f) == 40 and worst[side] == pytest.approx(robust.mean())
+                    assert worst[side] <= frame.loc["pgd:Linf 2/255", side]
+                pgd_b = s.headline(s.summarize(store, ids[1]["run_id"]))
+                assert worst["b"] == pytest.approx(pgd_b["worst"], abs=1e-12)
+                extra = _run_id_params(runs, "pgd", setup["good"], steps=9)["run_id"]
+                (note,) = [n for n in notes if n.startswith("pgd:worst:")]
+                assert f"A's attack run {extra[:12]} (pgd, " in note and "steps=9)" in note
+                assert "B has no run of that attack" in note
             if suite == "lipschitz":
                 assert frame.loc["lipschitz:upper", "kind"] == "model"
                 assert frame.loc["lipschitz:jacobian_norm", "test"] == "permutation"
+
+
+def test_model_level_rows_cannot_be_watched(setup, metric_store, capsys):
+    args = [setup["good"], setup["bad"], "--store", metric_store, "--suite", "lipschitz",
+            "--resamples", "200", "--fail-on-drop", "0"]
+    for metric in ("lipschitz:upper", "lipschitz:lower"):
+        one_line_error(capsys, *args, "--metric", metric,
+                       match=f"--metric: {metric!r} is a per-model number with no test")
+    status, out, err = _compare(capsys, *args, "--metric", "lipschitz:upper")
+    assert "available: lipschitz:accuracy, lipschitz:jacobian_norm, lipschitz:pair_ratio" in err
+    assert "lipschitz:upper" not in err.split("available:")[1]
+    status, out, _ = _compare(capsys, *args, "--metric", "lipschitz:jacobian_norm",
+                              "--format", "json")
+    assert status in (0, 1) and json.loads(out)["watched"] == ["lipschitz:jacobian_norm"]
 
 
 def _run_id_params(runs, suite, weights, *, steps=None):
@@ -311,3 +413,137 @@ def _run_id_params(runs, suite, weights, *, steps=None):
            and (steps is None or r["spec"]["params"]["steps"] == steps)]
     assert len(out) == 1
     return out[0]
+
+
+# -- few examples, NaN values --------------------------------------------------------------------
+def test_one_paired_example_has_no_test(setup, tmp_path):
+    """One image: the zero-fraction difference is nonzero, and scipy's permutation test
+    raised on a single pair; now p and CI are NaN, the row is not significant, a note says
+    why. The single clean outcome keeps its discordant counts, without a test."""
+    store_path = tmp_path / "one.sqlite"
+    for w in (setup["good"], setup["bad"]):
+        _run(w, store_path, "--suite", "sparsity", "--n", "1")
+    with Store(store_path, readonly=True) as store:
+        comp = compare_refs(store, setup["good"], store, setup["bad"], resamples=200)
+    rows = comp.rows.set_index("metric")
+    tested = rows[rows["kind"] != "model"]
+    assert (tested["n"] == 1).all() and len(tested) >= 2
+    value = rows.loc["sparsity:zero_fraction"]
+    assert value["delta"] != 0
+    assert tested["p_value"].isna().all() and tested["ci_low"].isna().all()
+    assert tested["ci_high"].isna().all() and not tested["significant"].any()
+    assert (tested["test"] == "-").all()
+    acc = rows.loc["sparsity:accuracy"]
+    assert acc["a_only"] + acc["b_only"] <= 1
+    for metric in tested.index:
+        assert any(n.startswith(f"{metric}: 1 paired example: no test and no confidence "
+                                "interval") for n in comp.notes), metric
+    assert "No significant drop" in comp.verdict()
+
+
+@pytest.fixture(scope="module")
+def coding_store(tmp_path_factory, one_torch_thread):
+    """Coding runs of WARP-LCA and LCA traced for 5 iterations only: most examples do not
+    reach the target (NaN iterations)."""
+    path = tmp_path_factory.mktemp("coding") / "c.sqlite"
+    for model in ("warp-lca-resnet8", "lca-resnet8"):
+        assert main(["run", "--suite", "coding", "--model", model, "--store", str(path),
+                     "--n", "6", "--reference-iterations", "60", "--max-iterations", "5",
+                     "--quiet"]) == 0
+    return str(path)
+
+
+def test_iterations_not_reached_are_censored_not_dropped(coding_store):
+    with Store(coding_store, readonly=True) as store:
+        frames = {r["model"]: store.to_frame([r["run_id"]]).sort_values("example")
+                  for r in store.runs()}
+        comp = compare_refs(store, "warp-lca-resnet8", store, "lca-resnet8", resamples=200)
+    rows = comp.rows.set_index("metric")
+    a, b = frames["warp-lca-resnet8"], frames["lca-resnet8"]
+    for field in ("iterations_to_target", "cold_iterations_to_target"):
+        assert a[field].isna().any() and b[field].isna().any()   # the case under test
+        row = rows.loc[f"coding:{field}"]
+        assert row["n"] == 6                                     # nobody dropped
+        assert row["a"] == pytest.approx(a[field].fillna(6).mean(), abs=1e-12)
+        assert row["b"] == pytest.approx(b[field].fillna(6).mean(), abs=1e-12)
+        assert (f"coding:{field}: NaN (not reached within max_iterations 5) counted as 6 for "
+                f"{a[field].isna().sum()} examples of A and {b[field].isna().sum()} of B"
+                in " ".join(comp.notes))
+    assert not any("left out" in n for n in comp.notes)
+
+
+def test_nan_values_of_other_fields_are_dropped_with_a_note():
+    pairs = pd.DataFrame({"example": range(5), "cond": "",
+                          "correct_a": [True, False, True, True, False],
+                          "correct_b": [True, True, True, False, False],
+                          "jacobian_norm_a": [1.0, np.nan, 2.0, 3.0, 4.0],
+                          "jacobian_norm_b": [1.5, 2.0, np.nan, 3.5, 5.0]})
+    rows, notes = _metric_rows("lipschitz", pairs, [], censor={}, resamples=200, seed=0,
+                               alpha=0.05)
+    got = {r["metric"]: r for r in rows}
+    assert got["lipschitz:accuracy"]["n"] == 5
+    assert got["lipschitz:jacobian_norm"]["n"] == 3
+    assert got["lipschitz:jacobian_norm"]["a"] == pytest.approx(np.mean([1.0, 3.0, 4.0]))
+    assert notes == ["lipschitz:jacobian_norm: 2 of 5 paired examples left out: the value is "
+                     "NaN in A or B"]
+
+
+# -- compare_entries: one collect per store ------------------------------------------------------
+def test_compare_entries_does_not_collect_and_matches_compare_refs(setup, monkeypatch):
+    import reports.compare as compare_module
+    from reports.collect import collect
+
+    calls = []
+    real = compare_module.collect
+    monkeypatch.setattr(compare_module, "collect", lambda store: calls.append(1) or real(store))
+    with Store(setup["s"], readonly=True) as store:
+        entries = collect(store)
+        by_sha = {e.checkpoint_sha256: e for e in entries}
+        good, bad = by_sha[_sha(setup["good"])], by_sha[_sha(setup["bad"])]
+        refs = compare_refs(store, setup["good"], store, setup["bad"], resamples=200)
+        assert len(calls) == 1                   # one store: collected once
+        comp = compare_entries(store, good, store, bad, resamples=200)
+        assert len(calls) == 1                   # compare_entries collects nothing
+    pd.testing.assert_frame_equal(comp.rows, refs.rows)
+    assert comp.notes == refs.notes and comp.watched == refs.watched
+    assert comp.a["runs"] == refs.a["runs"] and comp.a["model"] == refs.a["model"]
+    assert comp.b["checkpoint_sha256"] == _sha(setup["bad"])
+    assert comp.verdict() == refs.verdict()
+
+
+def test_compare_entries_with_nothing_comparable(setup):
+    """compare_entries returns an empty comparison (compare_refs raises) and every output
+    works on it."""
+    with Store(setup["s"], readonly=True) as s, Store(setup["s2"], readonly=True) as s2:
+        good = next(e for e in collect(s) if e.checkpoint_sha256 == _sha(setup["good"]))
+        (bad,) = collect(s2)
+        comp = compare_entries(s, good, s2, bad, suites=["cifar10c", "pgd"], resamples=200)
+        with pytest.raises(HarnessError, match="nothing to compare"):
+            compare_refs(s, setup["good"], s2, setup["bad"], suites=["cifar10c"],
+                         resamples=200)
+    assert list(comp.rows.columns) == COLUMNS and len(comp.rows) == 0
+    assert comp.watched == [] and len(comp.regressions()) == 0
+    assert any(n.startswith("cifar10c skipped: different parameters") for n in comp.notes)
+    assert "pgd skipped: neither has it" in comp.notes
+    assert comp.skipped[0][0] == "cifar10c"
+    assert comp.verdict().startswith("Nothing compared")
+    assert "Nothing compared" in comp.to_table() and "cifar10c skipped" in comp.to_table()
+    md = comp.to_markdown()
+    assert md.startswith("Nothing compared") and "| metric |" in md
+    doc = json.loads(comp.to_json())
+    assert doc["rows"] == [] and doc["verdict"]["regression"] is False
+    assert doc["skipped"][0]["suite"] == "cifar10c"
+
+
+def test_the_verdict_says_there_is_no_multiple_comparison_correction(setup):
+    with Store(setup["s"], readonly=True) as store:
+        comp = compare_refs(store, setup["good"], store, setup["bad"], resamples=200)
+    comp.threshold_pp = 2
+    for text in (comp.verdict(), comp.to_markdown().splitlines()[0]):
+        assert text.endswith("(each watched metric tested at alpha 0.05, without correction "
+                             "for multiple comparisons)")
+    assert "no correction for multiple comparisons" in comp.caption()
+    assert "no correction for multiple comparisons" in comp.to_markdown()
+    comp.threshold_pp = 50
+    assert comp.verdict().startswith("No significant drop of more than 50 pp")
+    assert "without correction for multiple comparisons" in comp.verdict()
