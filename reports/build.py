@@ -38,6 +38,8 @@ def fmt(value: Any, kind: str = "num") -> str:
         return "–"
     if isinstance(value, str):
         return value
+    if isinstance(value, float) and math.isinf(value):
+        return "∞" if value > 0 else "−∞"
     if kind == "pct":
         return f"{100 * float(value):.1f}"
     if kind == "count":
@@ -46,6 +48,14 @@ def fmt(value: Any, kind: str = "num") -> str:
     if kind == "sci" or (x != 0 and (abs(x) >= 1e4 or abs(x) < 1e-3)):
         return f"{x:.3g}"
     return f"{x:.4g}"
+
+
+def jsnum(value: Any) -> str:
+    """A number as the sorting script parses it (``parseFloat``): "" for missing, Infinity."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    x = float(value)
+    return "Infinity" if x == math.inf else "-Infinity" if x == -math.inf else repr(x)
 
 
 @dataclass
@@ -95,14 +105,25 @@ def _clean_cell(entry: ModelEntry) -> Cell | None:
 
 
 def _worst_cell(entry: ModelEntry) -> Cell | None:
-    """Worst case over the attack suites (each already takes every stored attack into account
-    per example at each threat); the lower of the two when both are stored."""
-    cells = [(v.headline["worst"], v) for s in ATTACK_SUITES
-             if (v := entry.runs.get(s)) is not None and "worst" in v.headline]
-    if not cells:
+    """Worst case at the largest Linf eps stored (else the largest l2 eps): per example, robust
+    under every stored attack run of the model at that threat (the suites' ``worst_case``);
+    the lower of pgd's and autoattack's where both ran that threat. The threat is in the
+    tooltip: models with different budgets stored are not comparable in this column."""
+    from harness.suites.adversarial import eps_label
+
+    rows = []
+    for suite in ATTACK_SUITES:
+        view = entry.runs.get(suite)
+        if view is None or view.summary is None or "worst_case" not in view.summary:
+            continue
+        s = view.summary[view.summary["norm"] != "none"]
+        rows += [(norm != "Linf", -eps, worst, norm, eps, view)
+                 for norm, eps, worst in zip(s["norm"], s["eps"], s["worst_case"])]
+    if not rows:
         return None
-    value, view = min(cells, key=lambda c: c[0])
-    return Cell(value, fmt(value, "pct"), _source(view))
+    rows.sort(key=lambda r: (r[0], r[1], r[2]))
+    _, _, value, norm, eps, view = rows[0]
+    return Cell(value, fmt(value, "pct"), f"{norm} {eps_label(norm, eps)}; {_source(view)}")
 
 
 def _lipschitz_upper(entry: ModelEntry) -> Cell | None:
@@ -111,9 +132,10 @@ def _lipschitz_upper(entry: ModelEntry) -> Cell | None:
         return None
     upper, lower = view.headline["upper"], view.headline.get("lower", float("nan"))
     if upper != upper:  # no certified bound: say why
-        reason = getattr(view.summary, "attrs", {}).get("no_bound", "no certified bound")
+        reason = getattr(view.summary, "attrs", {}).get("reason") or "no certified bound"
         return Cell(None, "none", f"{reason}; {_source(view)}")
-    return Cell(upper, fmt(upper, "sci"), _source(view), bad=bool(lower > upper * (1 + 1e-6)))
+    text = f"{upper:.6g}" if upper < 100 else fmt(upper, "sci")  # 0.99998 is not 1
+    return Cell(upper, text, _source(view), bad=bool(lower > upper * (1 + 1e-6)))
 
 
 def _dead_cell(entry: ModelEntry) -> Cell | None:
@@ -149,7 +171,7 @@ def leaderboard_columns(entries: Sequence[ModelEntry]) -> list[Column]:
     for suite, group in (("pgd", "PGD"), ("autoattack", "AutoAttack")):
         cols += [Column(f"{suite}_{slug(k)}", k, group, "pct", _head_cell(suite, k, "pct"))
                  for k in _threat_keys(entries, suite)]
-    cols.append(Column("worst", "worst case %", "attacks", "pct", _worst_cell))
+    cols.append(Column("worst", "worst case % (largest eps)", "attacks", "pct", _worst_cell))
     cols.append(Column("lip_lower", "lower", "Lipschitz (l2)", "sci",
                        _head_cell("lipschitz", "lower", "sci"), higher_is_better=False))
     cols.append(Column("lip_upper", "certified upper", "Lipschitz (l2)", "sci", _lipschitz_upper,
@@ -262,6 +284,7 @@ def _env() -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, trim_blocks=True,
                              lstrip_blocks=True)
     env.filters["fmt"] = fmt
+    env.filters["jsnum"] = jsnum
     return env
 
 
@@ -283,7 +306,7 @@ def _reference(entries: Sequence[ModelEntry], reference: str | None) -> ModelEnt
 def build_site(store_path: str | Path, out: str | Path, *, reference: str | None = None,
                pairs: Sequence[Sequence[str]] = (), alpha: float = 0.05) -> Site:
     """Write the site for ``store_path`` into ``out`` (created; pages are overwritten)."""
-    from reports.compare import compare_refs
+    from reports.compare import compare_entries, compare_refs
     from reports.findings import SECTIONS, findings
 
     start = time.perf_counter()
@@ -291,10 +314,6 @@ def build_site(store_path: str | Path, out: str | Path, *, reference: str | None
         raise HarnessError(f"no store at {str(store_path)!r} (run 'harness run' first, or "
                            "pass --store)")
     out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise HarnessError(f"cannot create output folder {str(out)!r}: {exc.strerror}") from None
     env = _env()
     built = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     with Store(store_path, readonly=True) as store:
@@ -333,7 +352,7 @@ def build_site(store_path: str | Path, out: str | Path, *, reference: str | None
         pages["findings.html"] = env.get_template("findings.html.j2").render(
             page="findings", title="Findings", claims=claims, alpha=alpha,
             sections=list(dict.fromkeys([*SECTIONS, *(c.section for c in claims)])), **common)
-        comparisons = [_comparison_view(compare_refs(store, ref.key, store, e.key, alpha=alpha))
+        comparisons = [_comparison_view(compare_entries(store, ref, store, e, alpha=alpha), e.key)
                        for e in entries if e is not ref]
         pages["compare.html"] = env.get_template("compare.html.j2").render(
             page="compare", title=f"Compared with {ref.name}", reference=ref,
@@ -342,8 +361,16 @@ def build_site(store_path: str | Path, out: str | Path, *, reference: str | None
             comp = compare_refs(store, a, store, b, alpha=alpha)
             pages[f"compare-{slug(a)}-vs-{slug(b)}.html"] = env.get_template(
                 "compare.html.j2").render(page="compare", title=f"{a} vs {b}", reference=None,
-                                          comparisons=[_comparison_view(comp)], alpha=alpha,
+                                          comparisons=[_comparison_view(comp, slug(f"{a}-vs-{b}"))],
+                                          alpha=alpha,
                                           **common)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HarnessError(f"cannot create output folder {str(out)!r}: {exc.strerror}") from None
+    for stale in [*out.glob("model-*.html"), *out.glob("compare-*.html")]:
+        if stale.name not in pages:  # pages of models no longer in the store
+            stale.unlink()
     written = []
     for name, html in pages.items():
         path = out / name
@@ -363,7 +390,7 @@ def _energy_figure(view: RunView | None) -> str | None:
                                  int(view.summary["model_iterations"].iloc[0]))
 
 
-def _comparison_view(comp) -> dict[str, Any]:
+def _comparison_view(comp, key: str) -> dict[str, Any]:
     """A :class:`reports.compare.Comparison` as the compare page prints it."""
     from reports.compare import label_text
 
@@ -375,7 +402,7 @@ def _comparison_view(comp) -> dict[str, Any]:
             tone = ""  # a larger Jacobian or zero fraction is neither good nor bad in itself
         rows.append({"metric": metric, "n": n, "a": a, "b": b, "delta": delta, "ci": ci, "p": p,
                      "test": test, "discordant": discordant, "tone": tone})
-    return {"key": slug(f"{comp.a['model']}-vs-{comp.b['model']}"), "a": label_text(comp.a),
+    return {"key": key, "a": label_text(comp.a),
             "b": label_text(comp.b), "rows": rows, "notes": list(comp.notes)}
 
 

@@ -95,8 +95,24 @@ class ModelEntry:
         return view.headline[key]
 
 
+def _defaults(suite: str) -> dict[str, Any]:
+    """The suite's option defaults (what ``harness run --suite S`` measures)."""
+    if suite not in SUITES:
+        return {}
+    try:
+        return SUITES.get(suite)().check_options({})
+    except HarnessError:  # an option without a usable default
+        return {}
+
+
 def _rank(run: dict[str, Any]) -> tuple:
-    return (run["complete"], int(run["spec"].get("params", {}).get("n") or run["n"]),
+    """Complete runs first, then runs at the suite's default options (a --threshold hard
+    coding run is not the model's headline), then more examples, then the latest."""
+    params = run["spec"].get("params", {})
+    defaults = _defaults(run["suite"])
+    at_defaults = all(params.get(k, v) == json.loads(json.dumps(v))  # tuples are stored as lists
+                      for k, v in defaults.items())
+    return (run["complete"], at_defaults, int(params.get("n") or run["n"]),
             run["started_utc"], run["run_id"])
 
 

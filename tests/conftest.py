@@ -150,7 +150,7 @@ def _fill_store(store: Path, runs) -> Path:
 
 @pytest.fixture(scope="session")
 def report_store(tmp_path_factory) -> Path:
-    """A store with the :data:`REPORT_RUNS` (clean, CIFAR-10-C, sparsity): seconds."""
+    """A store with the :data:`REPORT_RUNS` (CIFAR-10-C with its clean set, sparsity): seconds."""
     return _fill_store(tmp_path_factory.mktemp("report") / "store.sqlite", REPORT_RUNS)
 
 

@@ -150,3 +150,49 @@ def test_corruption_examples_are_the_generators_pixels():
 
     assert np.array_equal(tile(0, 0), image[0])
     assert np.array_equal(tile(names.index("fog"), 3), fog3.numpy())
+
+
+def test_a_model_from_the_api_with_nothing_in_common_gets_its_pages(report_store, tmp_path):
+    """A module evaluated with ``harness.evaluate`` (no factory, no checkpoint) and no suite in
+    common with the reference: its model page is written (the template crashed on its
+    identity) and the compare page says there is nothing to pair (the build aborted)."""
+    import shutil
+
+    import torch
+    from torch import nn
+
+    import harness
+
+    store = tmp_path / "s.sqlite"
+    shutil.copy(report_store, store)
+    torch.manual_seed(0)
+    mine = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    harness.evaluate(mine, suite="clean", n=50, store=store, name="<mine>")
+    assert main(["report", "--store", str(store), "--out", str(tmp_path / "site")]) == 0
+    page = (tmp_path / "site" / "model-mine.html").read_text()
+    assert "&lt;mine&gt;" in page and "<mine>" not in page          # escaped, not markup
+    assert "python class" in page and "torch.nn.modules.container.Sequential" in page
+    compare = (tmp_path / "site" / "compare.html").read_text()
+    assert "&lt;mine&gt;" in compare and "No suite in common" in compare
+
+
+def test_the_headline_run_is_the_one_at_the_suites_defaults():
+    """A later run with a non-default option (coding --threshold hard) does not replace the
+    model's default run on the leaderboard; among default runs, more examples win."""
+    from reports.collect import _rank
+
+    def run(threshold, n, started):
+        params = {"n": n, "shard_size": 50, "reference_iterations": 1000,
+                  "max_iterations": 200, "tolerance": 0.05, "threshold": threshold}
+        return {"suite": "coding", "complete": True, "n": n, "started_utc": started,
+                "run_id": started, "spec": {"params": params}}
+
+    soft, hard, small = run("model", 100, "1"), run("hard", 100, "2"), run("model", 50, "3")
+    assert max([soft, hard, small], key=_rank) is soft
+    pgd = {"suite": "pgd", "complete": True, "n": 1400, "started_utc": "1", "run_id": "a",
+           "spec": {"params": {"n": 200, "linf": [1 / 255, 2 / 255, 4 / 255, 8 / 255],
+                               "l2": [0.25, 0.5], "attacks": ["pgd"], "steps": 10,
+                               "restarts": 1, "step_size": None, "loss": "ce",
+                               "gradients": "all", "eot": 1, "checks": True, "check_n": 100,
+                               "early_stop": True}}}
+    assert _rank(pgd)[1] is True   # lists in the store equal the tuple defaults

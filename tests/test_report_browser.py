@@ -18,6 +18,7 @@ import pytest
 
 from harness.cli import main
 from harness.store import Store
+from harness.suites import raised_flags
 
 pytestmark = pytest.mark.slow
 
@@ -87,13 +88,18 @@ def test_index_renders_and_sorts(browser_page, site, full_report_store):
     c10 = df[(df["suite"] == "cifar10c") & (df["severity"] > 0)]
     mean = c10.groupby(["model", "corruption", "severity"])["correct"].mean().groupby("model").mean()
     header = page.locator("#leaderboard th", has_text="C-10-C mean %")
-    header.click()
-    got = page.eval_on_selector_all("#leaderboard tbody tr", "rs => rs.map(r => r.dataset.model)")
-    assert got == list(mean.sort_values(ascending=False, kind="stable").index)
-    assert header.get_attribute("aria-sort") == "descending"
-    header.click()
-    got = page.eval_on_selector_all("#leaderboard tbody tr", "rs => rs.map(r => r.dataset.model)")
-    assert got == list(mean.sort_values(ascending=True, kind="stable").index)
+    col = int(header.get_attribute("data-col"))
+    read = f"rs => rs.map(r => [r.dataset.model, r.cells[{col}].dataset.v])"
+    for clicks, direction in ((1, "descending"), (2, "ascending")):
+        header.click()
+        assert header.get_attribute("aria-sort") == direction, clicks
+        got = page.eval_on_selector_all("#leaderboard tbody tr", read)
+        values = [float(v) if v else None for _, v in got]
+        for (model, _), v in zip(got, values):   # each row's number is the model's mean
+            assert v is None and model not in mean or v == pytest.approx(mean[model], abs=1e-12)
+        present = [v for v in values if v is not None]
+        assert present == sorted(present, reverse=direction == "descending")  # ties: any order
+        assert values[len(present):] == [None] * (len(values) - len(present))  # missing last
     assert not errors, errors
     # the link to a model page works
     page.click("#leaderboard a[href='model-resnet8.html']")
@@ -101,14 +107,19 @@ def test_index_renders_and_sorts(browser_page, site, full_report_store):
     assert page.url.endswith("model-resnet8.html")
 
 
-def test_model_page_renders(browser_page, site):
+def test_model_page_renders(browser_page, site, full_report_store):
     page, errors = browser_page
     images = _open(page, site / "model-resnet8.html", errors, "model-resnet8.png")
     alts = " ".join(a for *_, a in images)
     for what in ("corruption and severity", "eps", "zeros"):
         assert what in alts, (what, alts)
-    # the masking checks' flags (if raised) are drawn in red
-    for flag in page.locator(".flag").all():
+    # every flag the store raised for the model is on the page, in red
+    with Store(full_report_store, readonly=True) as store:
+        ids = [r["run_id"] for r in store.runs() if r["model"] == "resnet8"]
+        raised = raised_flags(store.metrics_frame(ids))
+    flags = page.locator(".flag").all()
+    assert len(flags) == len(raised)
+    for flag in flags:
         assert flag.evaluate("e => getComputedStyle(e).color") == "rgb(192, 24, 42)"
 
 
