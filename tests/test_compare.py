@@ -337,6 +337,7 @@ def metric_store(setup, tmp_path_factory):
     return str(store_path)
 
 
+@pytest.mark.slow  # its store (attack/Lipschitz/coding runs) takes seconds to fill
 def test_attack_and_metric_suites_reproduce_their_headlines(setup, metric_store):
     """pgd per threat, lipschitz and sparsity: a/b are the suites' headline numbers (or the
     mean of the paired per-example field), model-level rows the headline values. pgd:worst:
@@ -392,6 +393,7 @@ def test_attack_and_metric_suites_reproduce_their_headlines(setup, metric_store)
                 assert frame.loc["lipschitz:jacobian_norm", "test"] == "permutation"
 
 
+@pytest.mark.slow  # its store (attack/Lipschitz/coding runs) takes seconds to fill
 def test_model_level_rows_cannot_be_watched(setup, metric_store, capsys):
     args = [setup["good"], setup["bad"], "--store", metric_store, "--suite", "lipschitz",
             "--resamples", "200", "--fail-on-drop", "0"]
@@ -453,6 +455,7 @@ def coding_store(tmp_path_factory, one_torch_thread):
     return str(path)
 
 
+@pytest.mark.slow  # its store (attack/Lipschitz/coding runs) takes seconds to fill
 def test_iterations_not_reached_are_censored_not_dropped(coding_store):
     with Store(coding_store, readonly=True) as store:
         frames = {r["model"]: store.to_frame([r["run_id"]]).sort_values("example")

@@ -115,6 +115,7 @@ def run_frame(path, run_id):
         return store.to_frame([run_id])
 
 
+@pytest.mark.slow  # the filled store takes ~12 s; the default tier renders findings in test_report
 def test_every_claim_has_a_verdict_a_rule_and_its_numbers_or_what_is_missing(filled):
     _, claims, _ = filled
     assert len({c.id for c in claims}) == len(claims)
@@ -137,6 +138,7 @@ def test_every_claim_has_a_verdict_a_rule_and_its_numbers_or_what_is_missing(fil
             "lca-iterations"} <= measured
 
 
+@pytest.mark.slow  # the filled store takes ~12 s; the default tier renders findings in test_report
 def test_claims_whose_models_or_suites_are_absent_are_not_measured_with_a_command(filled):
     _, claims, bad = filled
     lca = [c for c in claims if c.section == "WARP-LCA vs LCA" and c.id != f"lca-iterations:{WARP}"]
@@ -171,6 +173,7 @@ def test_claims_whose_models_or_suites_are_absent_are_not_measured_with_a_comman
     assert one(claims, f"sugar-zeros:{bad}").tests[0]["n"] == 40
 
 
+@pytest.mark.slow  # the filled store takes ~12 s; the default tier renders findings in test_report
 def test_planted_regression_makes_the_accuracy_claim_not_supported(filled):
     path, claims, bad = filled
     c = one(claims, f"sugar-accuracy:{bad}")
@@ -290,6 +293,7 @@ def oracle(path, c):
     return delta, p, expect
 
 
+@pytest.mark.slow  # the filled store takes ~12 s; the default tier renders findings in test_report
 def test_verdicts_agree_with_tests_recomputed_from_the_stored_examples(filled):
     path, claims, _ = filled
     checked = set()
@@ -315,6 +319,7 @@ def test_verdicts_agree_with_tests_recomputed_from_the_stored_examples(filled):
     assert verdicts == {SUPPORTED, NOT_SUPPORTED}
 
 
+@pytest.mark.slow  # the filled store takes ~12 s; the default tier renders findings in test_report
 def test_verdicts_follow_the_significance_level(filled):
     path, claims, _ = filled
     # PGD at Linf 2/255: the 1-Lipschitz network keeps clearly more images than ReLU
@@ -333,6 +338,7 @@ def test_verdicts_follow_the_significance_level(filled):
         findings(store, collect(store), alpha=0)
 
 
+@pytest.mark.slow  # the filled store takes ~12 s; the default tier renders findings in test_report
 def test_a_raised_masking_flag_keeps_a_robustness_claim_from_being_supported(filled):
     path, claims, _ = filled
     c = one(claims, f"spline-1lip-robust:{ONE_LIP}:Linf 3/255")
@@ -363,6 +369,7 @@ def test_a_raised_masking_flag_keeps_a_robustness_claim_from_being_supported(fil
     assert t2["delta"] > 0 and t2["p_value"] < ALPHA and clean.verdict == SUPPORTED
 
 
+@pytest.mark.slow  # the filled store takes ~12 s; the default tier renders findings in test_report
 def test_certificate_and_sparsity_evidence_match_the_store(filled):
     path, claims, _ = filled
     cert = one(claims, f"spline-1lip-certified:{ONE_LIP}")
@@ -412,6 +419,7 @@ def test_bound_verdict_rejects_a_bound_above_the_limit_a_missing_bound_and_a_vio
     assert bound_verdict(0.5, 0.6, limit=1.0) == NOT_SUPPORTED        # a lower bound above it
 
 
+@pytest.mark.slow  # the filled store takes ~12 s; the default tier renders findings in test_report
 def test_iterations_to_equal_energy_come_from_the_coding_run(filled):
     path, claims, _ = filled
     c = one(claims, f"lca-iterations:{WARP}")

@@ -196,3 +196,16 @@ def test_the_headline_run_is_the_one_at_the_suites_defaults():
                                "gradients": "all", "eot": 1, "checks": True, "check_n": 100,
                                "early_stop": True}}}
     assert _rank(pgd)[1] is True   # lists in the store equal the tuple defaults
+
+
+def test_findings_page_judges_what_the_store_measured(site):
+    """SUGAR B-SiLU and ReLU have CIFAR-10-C and sparsity runs in the store: their claims are
+    judged (not "not measured"); claims about models the store lacks are not measured."""
+    text = (site / "findings.html").read_text()
+    verdicts = re.findall(r'<div class="claim" data-verdict="([^"]+)">\s*<p><span[^>]*>[^<]*</span> ([^<]*)',
+                          text)
+    assert verdicts
+    sugar = [v for v, claim in verdicts if "resnet8-sugar-bsilu" in claim]
+    lca = [v for v, claim in verdicts if "warp-lca-resnet8" in claim]
+    assert sugar and all(v in ("supported", "not supported") for v in sugar)
+    assert lca and all(v == "not measured" for v in lca)
