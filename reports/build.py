@@ -306,7 +306,7 @@ def _reference(entries: Sequence[ModelEntry], reference: str | None) -> ModelEnt
 def build_site(store_path: str | Path, out: str | Path, *, reference: str | None = None,
                pairs: Sequence[Sequence[str]] = (), alpha: float = 0.05) -> Site:
     """Write the site for ``store_path`` into ``out`` (created; pages are overwritten)."""
-    from reports.compare import compare_entries, compare_refs
+    from reports.compare import compare_entries, compare_refs, memoized
     from reports.findings import SECTIONS, findings
 
     start = time.perf_counter()
@@ -316,7 +316,7 @@ def build_site(store_path: str | Path, out: str | Path, *, reference: str | None
     out = Path(out)
     env = _env()
     built = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    with Store(store_path, readonly=True) as store:
+    with Store(store_path, readonly=True) as store, memoized():
         entries = collect(store)
         if not entries:
             raise HarnessError(f"store {str(store_path)!r} holds no runs; nothing to report")

@@ -377,8 +377,40 @@ def _metric_rows(suite: str, pairs: pd.DataFrame, keys: Sequence[str], *,
     return rows, notes
 
 
+_MEMO: dict | None = None
+
+
+@contextlib.contextmanager
+def memoized():
+    """Within the block, :func:`paired_metrics` computes each pair of runs once (the site's
+    compare page and findings page pair many of the same runs). Scoped, not global: a store
+    may gain executions between two calls of a long-lived process."""
+    global _MEMO
+    outer, _MEMO = _MEMO, ({} if _MEMO is None else _MEMO)
+    try:
+        yield
+    finally:
+        _MEMO = outer
+
+
 def paired_metrics(store_a: Store, view_a: RunView, store_b: Store, view_b: RunView, *,
                    resamples: int = 2000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
+    """Memoized inside :func:`memoized`; see :func:`_paired_metrics`."""
+    if _MEMO is None:
+        return _paired_metrics(store_a, view_a, store_b, view_b, resamples=resamples, seed=seed,
+                               alpha=alpha)
+    key = (str(store_a.path), view_a.run_id, view_a.run["exec_id"], str(store_b.path),
+           view_b.run_id, view_b.run["exec_id"], resamples, seed, alpha)
+    if key not in _MEMO:
+        _MEMO[key] = _paired_metrics(store_a, view_a, store_b, view_b, resamples=resamples,
+                                     seed=seed, alpha=alpha)
+    out = _MEMO[key].copy()
+    out.attrs = {k: list(v) if isinstance(v, list) else v for k, v in _MEMO[key].attrs.items()}
+    return out
+
+
+def _paired_metrics(store_a: Store, view_a: RunView, store_b: Store, view_b: RunView, *,
+                    resamples: int = 2000, seed: int = 0, alpha: float = 0.05) -> pd.DataFrame:
     """Paired comparison of two runs of one suite (A = baseline, B = candidate), one row per
     metric; columns :data:`COLUMNS` (see the module docstring). ``attrs["notes"]``: lines on
     what was paired (e.g. fewer examples than a run holds, examples left out for NaN values,

@@ -209,3 +209,23 @@ def test_findings_page_judges_what_the_store_measured(site):
     lca = [v for v, claim in verdicts if "warp-lca-resnet8" in claim]
     assert sugar and all(v in ("supported", "not supported") for v in sugar)
     assert lca and all(v == "not measured" for v in lca)
+
+
+def test_paired_metrics_are_computed_once_per_pair_while_building(report_store, monkeypatch):
+    import reports.compare as compare
+    from reports.collect import collect
+
+    calls = []
+    real = compare._paired_metrics
+    monkeypatch.setattr(compare, "_paired_metrics", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with Store(report_store, readonly=True) as st:
+        a, b = (e.runs["cifar10c"] for e in collect(st))
+        plain = compare.paired_metrics(st, a, st, b)
+        with compare.memoized():
+            first = compare.paired_metrics(st, a, st, b)
+            first.attrs["notes"].append("changed by the caller")
+            second = compare.paired_metrics(st, a, st, b)
+        again = compare.paired_metrics(st, a, st, b)
+    assert len(calls) == 3            # plain, once inside the block, once after it
+    assert plain.equals(second) and again.equals(second)
+    assert "changed by the caller" not in second.attrs["notes"]
