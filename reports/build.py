@@ -109,21 +109,22 @@ def _worst_cell(entry: ModelEntry) -> Cell | None:
     under every stored attack run of the model at that threat (the suites' ``worst_case``);
     the lower of pgd's and autoattack's where both ran that threat. The threat is in the
     tooltip: models with different budgets stored are not comparable in this column."""
-    from harness.suites.adversarial import eps_label
+    from harness.suites.adversarial import eps_label, headline_threat
 
     rows = []
     for suite in ATTACK_SUITES:
         view = entry.runs.get(suite)
         if view is None or view.summary is None or "worst_case" not in view.summary:
             continue
-        s = view.summary[view.summary["norm"] != "none"]
-        rows += [(norm != "Linf", -eps, worst, norm, eps, view)
+        s = view.summary
+        rows += [(norm, float(eps), worst, view)
                  for norm, eps, worst in zip(s["norm"], s["eps"], s["worst_case"])]
-    if not rows:
+    threat = headline_threat((norm, eps) for norm, eps, _, _ in rows)
+    if threat is None:
         return None
-    rows.sort(key=lambda r: (r[0], r[1], r[2]))
-    _, _, value, norm, eps, view = rows[0]
-    return Cell(value, fmt(value, "pct"), f"{norm} {eps_label(norm, eps)}; {_source(view)}")
+    value, view = min(((w, v) for norm, eps, w, v in rows
+                       if norm == threat[0] and abs(eps - threat[1]) < 1e-9), key=lambda r: r[0])
+    return Cell(value, fmt(value, "pct"), f"{threat[0]} {eps_label(*threat)}; {_source(view)}")
 
 
 def _lipschitz_upper(entry: ModelEntry) -> Cell | None:

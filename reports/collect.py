@@ -77,22 +77,32 @@ class ModelEntry:
 
     @property
     def identity(self) -> dict[str, Any]:
-        for view in self.runs.values():
-            ident = view.provenance.get("model_identity")
-            if ident:
-                return ident
-        return {}
+        return model_identity(self.runs.values())
 
     @property
     def checkpoint_sha256(self) -> str | None:
-        ident = self.identity
-        return ident.get("weights_sha256") or ident.get("checkpoint_sha256")
+        return checkpoint_sha256(self.identity)
 
     def head(self, suite: str, key: str) -> float | None:
         view = self.runs.get(suite)
         if view is None or key not in view.headline:
             return None
         return view.headline[key]
+
+
+def model_identity(views) -> dict[str, Any]:
+    """The model identity (factory, checkpoint or weights sha256, Python class) the first of
+    ``views`` that recorded one holds in its provenance; {} when none did."""
+    for view in views:
+        ident = view.provenance.get("model_identity")
+        if ident:
+            return ident
+    return {}
+
+
+def checkpoint_sha256(identity: dict[str, Any]) -> str | None:
+    """The sha256 of the weights a model identity names (``--weights`` or bundled)."""
+    return identity.get("weights_sha256") or identity.get("checkpoint_sha256")
 
 
 def _defaults(suite: str) -> dict[str, Any]:

@@ -65,8 +65,22 @@ import pandas as pd
 from harness.errors import HarnessError
 from harness.store import Store
 from harness.suites import SUITES
-from harness.suites.adversarial import ATTACK_SUITES, eps_label
-from reports.collect import ModelEntry, RunView, collect, find_models, view_run
+from harness.suites.adversarial import (
+    ATTACK_SUITES,
+    attack_peers,
+    eps_label,
+    headline_threat,
+    robust_examples,
+)
+from reports.collect import (
+    ModelEntry,
+    RunView,
+    checkpoint_sha256,
+    collect,
+    find_models,
+    model_identity,
+    view_run,
+)
 from reports.stats import mcnemar_exact, paired_bootstrap_ci, paired_permutation_p
 
 COLUMNS = ["metric", "suite", "kind", "n", "a", "b", "delta", "ci_low", "ci_high", "p_value",
@@ -136,8 +150,7 @@ def comparable(view_a: RunView, view_b: RunView) -> str | None:
     if sa.get("seed") != sb.get("seed"):
         return (f"different seeds ({sa.get('seed')} vs {sb.get('seed')}): the generated inputs "
                 "and attack starts differ")
-    pa = {k: v for k, v in view_a.params.items() if k not in ("n", "shard_size")}
-    pb = {k: v for k, v in view_b.params.items() if k not in ("n", "shard_size")}
+    pa, pb = _setting(view_a.params), _setting(view_b.params)
     if pa != pb:
         diff = sorted(k for k in set(pa) | set(pb) if pa.get(k) != pb.get(k))
         return f"different parameters ({', '.join(diff)})"
@@ -212,29 +225,21 @@ def _at_threat(pairs: pd.DataFrame, norm: str, eps: float):
     return (pairs["norm"] == norm) & ((pairs["eps"].astype(float) - eps).abs() < 1e-9)
 
 
-def _attack_peers(store: Store, view: RunView) -> list[dict[str, Any]]:
-    """Every stored attack run of the run's model (fingerprint) on its data (fingerprint),
-    the run itself included: what ``harness.suites.adversarial.worst_case`` takes the worst
-    case over."""
-    me = view.spec
-    return [r for r in store.runs()
-            if r["suite"] in ATTACK_SUITES
-            and r["spec"]["model_fingerprint"] == me["model_fingerprint"]
-            and r["spec"]["data_fingerprint"] == me["data_fingerprint"]]
+def _setting(params: dict[str, Any]) -> dict[str, Any]:
+    """A run's parameters but how many examples and how they are sharded: what must match for
+    two runs to measure the same thing."""
+    return {k: v for k, v in params.items() if k not in ("n", "shard_size")}
 
 
 def _attack_key(run: dict[str, Any]) -> tuple[str, str]:
-    """What makes two attack runs the same attack: the suite and parameters but n/shard_size."""
-    params = {k: v for k, v in run["spec"].get("params", {}).items()
-              if k not in ("n", "shard_size")}
-    return run["suite"], json.dumps(params, sort_keys=True, default=str)
+    """What makes two attack runs the same attack: the suite and :func:`_setting`."""
+    return run["suite"], json.dumps(_setting(run["spec"].get("params", {})), sort_keys=True,
+                                    default=str)
 
 
 def _peer_name(run: dict[str, Any], view: RunView) -> str:
     """``run 1a2b3c4d5e6f (pgd, steps=6)``: the run with what sets it apart from ``view``."""
-    params = {k: v for k, v in run["spec"].get("params", {}).items()
-              if k not in ("n", "shard_size")}
-    mine = {k: v for k, v in view.params.items() if k not in ("n", "shard_size")}
+    params, mine = _setting(run["spec"].get("params", {})), _setting(view.params)
     diff = [f"{k}={params.get(k)}" for k in sorted(set(params) | set(mine))
             if params.get(k) != mine.get(k)]
     return f"run {run['run_id'][:12]} ({', '.join([run['suite'], *diff])})"
@@ -245,7 +250,8 @@ def _common_peers(store_a: Store, view_a: RunView, store_b: Store, view_b: RunVi
     """The attack runs each side's worst case is over (ids, A then B): those whose
     (suite, parameters but n/shard_size) both sides have, so that the two worst cases are
     over the same attacks; and a note per run left out."""
-    peers_a, peers_b = _attack_peers(store_a, view_a), _attack_peers(store_b, view_b)
+    peers_a, peers_b = (attack_peers(store_a.runs(), view_a.spec),
+                        attack_peers(store_b.runs(), view_b.spec))
     keys_a = {_attack_key(r) for r in peers_a}
     keys_b = {_attack_key(r) for r in peers_b}
     notes = []
@@ -262,14 +268,10 @@ def _common_peers(store_a: Store, view_a: RunView, store_b: Store, view_b: RunVi
 def _worst_examples(store: Store, view: RunView, norm: str, eps: float,
                     peers: Sequence[str]) -> pd.Series:
     """Per example of the run at a threat: robust under every run of ``peers`` (attack runs of
-    the same model and data, the run among them) that evaluated it (what
-    ``harness.suites.adversarial.worst_case`` counts, kept per example)."""
+    the same model and data, the run among them) that evaluated it: the per-example form of
+    ``harness.suites.adversarial.worst_case``."""
     frame = store.to_frame(list(dict.fromkeys([view.run_id, *peers])))
-    frame = frame[frame["norm"].isin(["Linf", "L2"])]
-    same = frame[(frame["norm"] == norm) & ((frame["eps"] - eps).abs() < 1e-9)]
-    mine = same[same["run_id"] == view.run_id]
-    robust = same.groupby("example")["correct"].all()
-    return robust.reindex(mine["example"].to_numpy())
+    return robust_examples(frame[frame["norm"].isin(["Linf", "L2"])], view.run_id, norm, eps)
 
 
 def _row(suite: str, key: str, kind: str, a: np.ndarray, b: np.ndarray, *, single: bool,
@@ -446,11 +448,9 @@ def _paired_metrics(store_a: Store, view_a: RunView, store_b: Store, view_b: Run
     rows, more = _metric_rows(suite, pairs, keys, censor=censor, **opts)
     notes += more
     if suite in ATTACK_SUITES:
-        attacked = pairs[pairs["norm"].isin(["Linf", "L2"])]
-        if len(attacked):
-            pick = attacked[attacked["norm"] == "Linf"]
-            pick = pick if len(pick) else attacked
-            norm, eps = pick["norm"].iloc[0], float(pick["eps"].astype(float).max())
+        threat = headline_threat(zip(pairs["norm"], pairs["eps"].astype(float)))
+        if threat is not None:
+            norm, eps = threat
             peers_a, peers_b, left_out = _common_peers(store_a, view_a, store_b, view_b)
             notes += left_out
             wa = _worst_examples(store_a, view_a, norm, eps, peers_a)
@@ -481,14 +481,9 @@ def _frame(rows: list[dict[str, Any]], notes: list[str]) -> pd.DataFrame:
 
 # -- a comparison of two references -------------------------------------------------------------
 def _label(store: Store, ref: str, views: Sequence[RunView]) -> dict[str, Any]:
-    ident: dict[str, Any] = {}
-    for v in views:
-        ident = v.provenance.get("model_identity") or {}
-        if ident:
-            break
     v = views[0]
     return {"ref": ref, "model": v.run["model"], "fingerprint": v.spec.get("model_fingerprint"),
-            "checkpoint_sha256": ident.get("weights_sha256") or ident.get("checkpoint_sha256"),
+            "checkpoint_sha256": checkpoint_sha256(model_identity(views)),
             "store": store.path, "runs": {x.suite: x.run_id for x in views}}
 
 

@@ -258,12 +258,11 @@ class AttackSuite(Suite):
         for row in summary.itertuples(index=False):
             key = "clean" if row.norm == "none" else f"{row.norm} {eps_label(row.norm, row.eps)}"
             out[key] = float(row.accuracy)
-        attacked = summary[summary["norm"] != "none"]
-        if len(attacked):
-            # The headline: worst case at the largest Linf eps (else the largest L2 eps).
-            pick = attacked[attacked["norm"] == "Linf"]
-            pick = pick if len(pick) else attacked
-            out["worst"] = float(pick.sort_values("eps")["worst_case"].iloc[-1])
+        threat = headline_threat(zip(summary["norm"], summary["eps"]))
+        if threat is not None:  # the headline: the worst case at headline_threat
+            norm, eps = threat
+            at = summary[(summary["norm"] == norm) & ((summary["eps"] - eps).abs() < 1e-9)]
+            out["worst"] = float(at["worst_case"].iloc[-1])
         return out
 
     def label(self, key: str) -> str:
@@ -308,28 +307,49 @@ class AttackSuite(Suite):
         return out + lines
 
 
+def attack_peers(runs, spec) -> list[dict]:
+    """The stored attack runs (``Store.runs()`` rows) of the model (fingerprint) of ``spec`` on
+    its data (fingerprint), the run itself included: what a worst case is taken over."""
+    return [r for r in runs
+            if r["suite"] in ATTACK_SUITES
+            and r["spec"]["model_fingerprint"] == spec["model_fingerprint"]
+            and r["spec"]["data_fingerprint"] == spec["data_fingerprint"]]
+
+
+def robust_examples(frame, run_id: str, norm: str, eps: float):
+    """Per example of run ``run_id`` at a threat: correct under every run in ``frame`` (the
+    per-example rows of attack runs, ``Store.to_frame``) that evaluated it at that threat (a
+    bool Series indexed by the run's examples; empty when the run has no such rows)."""
+    same = frame[(frame["norm"] == norm) & ((frame["eps"] - eps).abs() < 1e-9)]
+    mine = same[same["run_id"] == run_id]
+    return same.groupby("example")["correct"].all().reindex(mine["example"].to_numpy())
+
+
+def headline_threat(threats):
+    """The threat (norm, eps) a worst-case headline is at: the largest Linf eps, else the
+    largest eps of the other norms; None when nothing was attacked."""
+    attacked = [(norm, float(eps)) for norm, eps in threats if norm not in ("none", "checks")]
+    if not attacked:
+        return None
+    return max([t for t in attacked if t[0] == "Linf"] or attacked, key=lambda t: t[1])
+
+
 def worst_case(store, run_id: str, summary) -> list[float]:
     """Per row of ``summary`` (a threat of run ``run_id``): the fraction of the run's examples
     that every stored attack run of the same model (fingerprint) on the same data (fingerprint)
     at the same threat left correct. Runs that did not evaluate an example do not count for
     it."""
-    runs = {r["run_id"]: r for r in store.runs()}
-    me = runs[run_id]["spec"]
-    peers = [rid for rid, r in runs.items()
-             if r["suite"] in ATTACK_SUITES
-             and r["spec"]["model_fingerprint"] == me["model_fingerprint"]
-             and r["spec"]["data_fingerprint"] == me["data_fingerprint"]]
-    frame = store.to_frame(peers)
+    runs = store.runs()
+    me = next(r for r in runs if r["run_id"] == run_id)["spec"]
+    frame = store.to_frame([r["run_id"] for r in attack_peers(runs, me)])
     frame = frame[frame["norm"].isin(["Linf", "L2"])]
     out = []
     for row in summary.itertuples(index=False):
         if row.norm == "none":
             out.append(float(row.accuracy))
             continue
-        same = frame[(frame["norm"] == row.norm) & ((frame["eps"] - row.eps).abs() < 1e-9)]
-        mine = same[same["run_id"] == run_id]
-        robust = same.groupby("example")["correct"].all()
-        out.append(float(robust.reindex(mine["example"]).mean()) if len(mine) else math.nan)
+        robust = robust_examples(frame, run_id, row.norm, row.eps)
+        out.append(float(robust.mean()) if len(robust) else math.nan)
     return out
 
 
