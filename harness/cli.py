@@ -92,6 +92,11 @@ def build_parser(*, suite: str | None = None) -> argparse.ArgumentParser:
     run.add_argument("--store", default=None, help=STORE_HELP)
     run.add_argument("--force", action="store_true", help="recompute even if stored")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--executor", default="local", metavar="NAME",
+                     help="local (this process; default) or ray (a Ray task per model and "
+                          "shard; this process stays the store's only writer)")
+    run.add_argument("--address", help="for --executor ray: an existing cluster ('auto', "
+                     "'ray://HOST:10001'); default: start a local one for the run")
     _add_suite_options(run, suite)
 
     ls = sub.add_parser("ls", help="list models, suites, stored runs or RobustBench models")
@@ -221,7 +226,7 @@ def cmd_run(args) -> int:
 
     # Lazy (here and in the other commands): torch and the models load only when a command
     # needs them, so `harness --help` stays fast.
-    from harness.executor import execute
+    from harness.executor import execute, make_executor
     from harness.plan import plan_run
     from harness.store import Store, check_writable
 
@@ -229,6 +234,7 @@ def cmd_run(args) -> int:
     options = {k[len("opt_"):]: v for k, v in vars(args).items() if k.startswith("opt_")}
     store_path = args.store or _default_store()
     check_writable(store_path)   # before minutes of model loading, not after
+    executor = make_executor(args.executor, address=args.address)
     # Every check (suite, options, data, models, probes) happens before the store is opened:
     # a bad input must not leave a new store behind.
     plan = plan_run(suite=args.suite, models=args.model or (), data_dir=args.data_dir, n=args.n,
@@ -238,7 +244,7 @@ def cmd_run(args) -> int:
     references = plan.suite.references(store_path, plan)   # read-only, before any write
     err = _console(stderr=True)
     with Store(store_path) as store:
-        outcomes = _execute_with_progress(plan, store, args, err, execute)
+        outcomes = _execute_with_progress(plan, store, args, err, execute, executor)
     wall = time.perf_counter() - started
     console = _console()
     header, table = _summary_table(plan, outcomes, wall)
@@ -291,7 +297,7 @@ def _rich_table(t):
     return table
 
 
-def _execute_with_progress(plan, store, args, err, execute):
+def _execute_with_progress(plan, store, args, err, execute, executor):
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -311,7 +317,7 @@ def _execute_with_progress(plan, store, args, err, execute):
         progress.update(tasks[name], total=todo + stored, completed=stored)
 
     with progress:
-        return execute(plan, store, force=args.force, on_plan=on_plan,
+        return execute(plan, store, executor=executor, force=args.force, on_plan=on_plan,
                        on_progress=lambda name, k: progress.advance(tasks[name], k))
 
 

@@ -7,8 +7,10 @@ every finished :class:`~harness.records.ShardResult` to ``deliver`` as soon as i
 the calling process. :func:`execute` opens the runs in the store, asks the executor for the
 missing shards, writes each delivered shard in its own transaction (so a killed process
 leaves only whole shards and a rerun resumes), then marks the runs complete and summarises
-them. A new executor (e.g. Ray) implements ``run`` and registers itself in :data:`EXECUTORS`;
-it needs nothing else (the plan, its suite, data and modules are picklable).
+them. A new executor implements ``run`` and registers itself in :data:`EXECUTORS`; it needs
+nothing else (the plan, its suite, data and modules are picklable). :class:`RayExecutor`
+(``--executor ray``) runs every job as a Ray task and delivers the shards in the driver as they
+arrive, so the driver stays the single writer of the store.
 
 Example::
 
@@ -19,6 +21,9 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +31,7 @@ from typing import Any, Protocol
 
 import torch
 
+from harness.errors import HarnessError
 from harness.plan import RunPlan
 from harness.provenance import provenance
 from harness.records import RunSpec, Shard, ShardResult
@@ -75,6 +81,208 @@ class LocalExecutor:
                 deliver(job, plan.suite.evaluate(plan.models[job.model].module, inputs, shard,
                                                  plan.ctx))
         return {"inputs_s": prep}
+
+
+@EXECUTORS.register("ray", description="Ray tasks, one per (model, shard), on a local or "
+                                         "existing cluster (--address); extra [ray]")
+class RayExecutor:
+    """Each (model, shard) job is a Ray task; this process stays the single writer of the store.
+
+    The plan's data, suite and context and every model's weights are put into Ray's object
+    store once; each shard's inputs are prepared once by a task of their own (seeded as
+    :class:`LocalExecutor` seeds them) and shared through the object store by every model that
+    needs the shard. Finished shards come back to the driver, which hands each to ``deliver``
+    (and so writes it) as soon as it arrives. A worker that dies mid-shard is retried by Ray
+    (``max_retries``); an exception raised by the suite is not retried and is re-raised here,
+    after the shards finished before it are stored. At most ``max_in_flight`` shards (default:
+    twice the cluster's CPUs) have inputs in the object store at once.
+
+    Args:
+        address: an existing cluster (``"auto"``, ``"ray://host:10001"``); None starts a local
+            one for this run (``num_cpus``: default all cores) unless Ray is already
+            initialised in this process, or ``$RAY_ADDRESS`` names a cluster.
+        num_cpus: CPUs of a local cluster started here.
+        cpus_per_task: CPUs (and torch threads) each task gets.
+        gpus_per_task: GPUs each task gets when the plan's device is CUDA (default 1).
+        max_retries: Ray's retries of a task whose worker died.
+    """
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
+                 cpus_per_task: float = 1, gpus_per_task: float = 1, max_retries: int = 3,
+                 max_in_flight: int | None = None) -> None:
+        self.address = address
+        self.num_cpus = num_cpus
+        self.cpus_per_task = cpus_per_task
+        self.gpus_per_task = gpus_per_task
+        self.max_retries = max_retries
+        self.max_in_flight = max_in_flight
+
+    def run(self, plan: RunPlan, jobs: Sequence[Job], deliver: Deliver) -> dict[str, float]:
+        if not jobs:
+            return {"inputs_s": 0.0}
+        ray = import_ray()
+        started = connect_ray(ray, self.address, num_cpus=self.num_cpus)
+        try:
+            return self._run(ray, plan, jobs, deliver)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _run(self, ray, plan: RunPlan, jobs: Sequence[Job], deliver: Deliver) -> dict[str, float]:
+        from ray import cloudpickle
+
+        # Models and suites from user files (`file.py:factory`, $HARNESS_PLUGINS) live in
+        # modules a worker cannot import: ship their code by value.
+        for name, module in list(sys.modules.items()):
+            if name.startswith("_harness_user_"):
+                cloudpickle.register_pickle_by_value(module)
+        cuda = str(plan.ctx.device).startswith("cuda")
+        options = {"num_cpus": self.cpus_per_task, "max_retries": self.max_retries}
+        # A task's GPU is the only one it sees (CUDA_VISIBLE_DEVICES): "cuda:1" becomes "cuda".
+        ctx = dataclasses.replace(plan.ctx, device="cuda") if cuda else plan.ctx
+        prepare = ray.remote(num_returns=2, **options)(_prepare_inputs)
+        evaluate = ray.remote(**options, **({"num_gpus": self.gpus_per_task} if cuda else {}))(
+            _evaluate_shard)
+        suite_ref, ctx_ref = ray.put(plan.suite), ray.put(ctx)
+        # Data and inputs travel as pickled bytes: Ray would hand numpy arrays to a task as
+        # read-only views of its shared memory, which torch and the suites may write to.
+        data_ref = ray.put(cloudpickle.dumps(plan.data))
+        needed = sorted({job.model for job in jobs})
+        model_refs = {i: ray.put(_portable(plan.models[i].module, cuda)) for i in needed}
+        by_shard: dict[str, list[Job]] = {}
+        for job in jobs:
+            by_shard.setdefault(job.shard.key, []).append(job)
+        groups = list(by_shard.values())
+        limit = self.max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+        pending: dict[Any, Job] = {}
+        open_shards: dict[str, int] = {}           # shard key -> jobs not yet delivered
+        prep_refs: list[Any] = []
+        next_group = 0
+
+        def submit_more() -> None:
+            nonlocal next_group
+            while next_group < len(groups) and len(open_shards) < limit:
+                group = groups[next_group]
+                next_group += 1
+                shard = group[0].shard
+                inputs_ref, seconds_ref = prepare.remote(suite_ref, data_ref, shard, ctx_ref)
+                prep_refs.append(seconds_ref)
+                open_shards[shard.key] = len(group)
+                for job in group:
+                    ref = evaluate.remote(suite_ref, model_refs[job.model], inputs_ref, shard,
+                                          ctx_ref)
+                    pending[ref] = job
+                # inputs_ref goes out of scope here: Ray frees the inputs once the last task
+                # that takes them has finished.
+
+        submit_more()
+        try:
+            while pending:
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                job = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    cause = exc.cause if isinstance(getattr(exc, "cause", None),
+                                                    BaseException) else None
+                    if cause is not None:
+                        raise cause from None
+                    raise
+                except ray.exceptions.RayError as exc:
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    raise HarnessError(f"Ray could not run {plan.models[job.model].name!r} on "
+                                       f"shard {job.shard.key} (after {self.max_retries} "
+                                       f"retries): {type(exc).__name__}: {first}") from None
+                deliver(job, result)
+                open_shards[job.shard.key] -= 1
+                if not open_shards[job.shard.key]:
+                    del open_shards[job.shard.key]
+                    submit_more()
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=False)
+        return {"inputs_s": float(sum(ray.get(prep_refs)))}
+
+
+def make_executor(name: str = "local", *, address: str | None = None) -> Executor:
+    """The executor called ``name`` (:data:`EXECUTORS`); ``address`` is Ray's cluster address.
+
+    Raises:
+        HarnessError: unknown executor, an address for an executor that takes none, or Ray
+            not installed.
+    """
+    factory = EXECUTORS.get(name)
+    if EXECUTORS.resolve(name) != "ray":
+        if address is not None:
+            raise HarnessError(f"--address is for --executor ray, not {name!r}")
+        return factory()
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        import_ray()                                   # raises the one-line install hint
+    return factory(address=address)
+
+
+def import_ray():
+    """Ray, or a one-line error saying how to install it."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # no ~/.ray/auth_token on a laptop
+    try:
+        import ray
+    except ImportError:
+        raise HarnessError("--executor ray needs Ray: pip install 'robustness-harness[ray]'"
+                           ) from None
+    return ray
+
+
+def connect_ray(ray, address: str | None, *, num_cpus: int | None = None) -> bool:
+    """Connect to ``address`` or start a local cluster; True when this call started Ray (the
+    caller then shuts it down). An already initialised Ray is used as it is."""
+    if ray.is_initialized():
+        return False
+    import logging
+
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+                              "log_to_driver": True}
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise HarnessError(f"cannot start or reach a Ray cluster at {address or 'a new local one'}"
+                           f": {first}") from None
+    return True
+
+
+def _portable(module, cuda: bool):
+    """What goes into the object store for a model: the module itself, or a CPU copy when it
+    lives on a GPU (a worker moves it to the GPU Ray gave it)."""
+    if not cuda:
+        return module
+    import copy
+
+    return copy.deepcopy(module).to("cpu")
+
+
+def _prepare_inputs(suite, data: bytes, shard: Shard, ctx) -> tuple[bytes, float]:
+    """A Ray task: the shard's inputs (pickled), seeded as :class:`LocalExecutor` seeds them."""
+    from ray import cloudpickle
+
+    torch.manual_seed(ctx.seed)
+    t0 = time.perf_counter()
+    inputs = suite.inputs(cloudpickle.loads(data), shard, ctx)
+    seconds = time.perf_counter() - t0
+    return cloudpickle.dumps(inputs), seconds
+
+
+def _evaluate_shard(suite, module, inputs: bytes, shard: Shard, ctx) -> ShardResult:
+    """A Ray task: one model on one shard."""
+    from ray import cloudpickle
+
+    inputs = cloudpickle.loads(inputs)
+    if ctx.device != "cpu":
+        module = module.to(device=ctx.device, memory_format=torch.channels_last)
+    return suite.evaluate(module, inputs, shard, ctx)
 
 
 @dataclass

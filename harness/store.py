@@ -133,6 +133,11 @@ _MIGRATE_V1 = (
 )
 
 
+class StoreWriteError(HarnessError):
+    """The store could not take a write (disk full, read-only, I/O error): the failed write is
+    rolled back whole, everything committed before it is intact, and a rerun resumes."""
+
+
 def utc_now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -148,7 +153,13 @@ class Writer:
 
 
 def _file_writable(file: Path) -> bool:
-    return not file.exists() or os.access(file, os.W_OK)
+    """False for a file this user cannot write, and for one nobody may write (no w bit: the
+    owner made it read-only), which root could still write."""
+    try:
+        mode = file.stat().st_mode
+    except FileNotFoundError:
+        return True
+    return os.access(file, os.W_OK) and bool(mode & 0o222)
 
 
 def _folder_writable(file: Path) -> bool:
@@ -290,16 +301,48 @@ class Store:
         self.close()
 
     def _tx(self):
-        conn = self._conn
+        """One write transaction. A write that fails (disk full, read-only file or folder,
+        I/O error, a lock held past the timeout) is rolled back whole and raised as
+        :class:`StoreWriteError`; what was committed before it stays as it was."""
+        conn, store = self._conn, self
 
         class _Tx:
             def __enter__(self_inner):
-                conn.execute("BEGIN IMMEDIATE")
+                store._check_still_writable()
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.DatabaseError as exc:
+                    raise store._write_error(exc) from None
 
             def __exit__(self_inner, exc_type, exc, tb):
-                conn.execute("ROLLBACK" if exc_type else "COMMIT")
+                if exc_type is None:
+                    try:
+                        conn.execute("COMMIT")
+                        return False
+                    except sqlite3.DatabaseError as failed:
+                        exc = failed
+                if conn.in_transaction:      # SQLite may already have rolled back (SQLITE_FULL)
+                    try:
+                        conn.execute("ROLLBACK")
+                    except sqlite3.DatabaseError:
+                        pass
+                if isinstance(exc, sqlite3.DatabaseError):
+                    raise store._write_error(exc) from None
+                return False
 
         return _Tx()
+
+    def _check_still_writable(self) -> None:
+        """A store made read-only while a run writes to it stops the run (SQLite itself would
+        go on writing through the file it has open)."""
+        if self.path != ":memory:" and not _file_writable(Path(self.path).expanduser()):
+            raise self._write_error("the file was made read-only")
+
+    def _write_error(self, cause) -> StoreWriteError:
+        reason = " ".join(str(cause).split()) or type(cause).__name__
+        return StoreWriteError(f"cannot write to store {self.path!r} ({reason}); everything it "
+                               f"held before is intact: fix this and rerun the same command to "
+                               f"resume")
 
     # -- writing -----------------------------------------------------------------------------
     def begin(self, spec: RunSpec, *, force: bool = False, provenance: dict | None = None
