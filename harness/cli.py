@@ -235,16 +235,22 @@ def cmd_run(args) -> int:
     store_path = args.store or _default_store()
     check_writable(store_path)   # before minutes of model loading, not after
     executor = make_executor(args.executor, address=args.address)
-    # Every check (suite, options, data, models, probes) happens before the store is opened:
-    # a bad input must not leave a new store behind.
+    # Every check (suite, options, data, models, probes, the cluster) happens before the store
+    # is opened: a bad input must not leave a new store behind.
     plan = plan_run(suite=args.suite, models=args.model or (), data_dir=args.data_dir, n=args.n,
                     seed=args.seed, device=args.device, dtype=args.dtype,
                     batch_size=args.batch_size, shard_size=args.shard_size, options=options,
                     weights=args.weights, weights_dir=args.weights_dir)
     references = plan.suite.references(store_path, plan)   # read-only, before any write
     err = _console(stderr=True)
-    with Store(store_path) as store:
-        outcomes = _execute_with_progress(plan, store, args, err, execute, executor)
+    try:
+        if hasattr(executor, "connect"):
+            executor.connect()
+        with Store(store_path) as store:
+            outcomes = _execute_with_progress(plan, store, args, err, execute, executor)
+    finally:
+        if hasattr(executor, "close"):
+            executor.close()
     wall = time.perf_counter() - started
     console = _console()
     header, table = _summary_table(plan, outcomes, wall)

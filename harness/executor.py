@@ -116,17 +116,32 @@ class RayExecutor:
         self.gpus_per_task = gpus_per_task
         self.max_retries = max_retries
         self.max_in_flight = max_in_flight
+        self._started = False
+
+    def connect(self) -> None:
+        """Reach the cluster (or start the local one) now: the CLI calls this before it opens
+        the store, so an unreachable address is a one-line error with nothing written. Ray
+        started here is shut down by :meth:`close`."""
+        ray = import_ray()
+        if not ray.is_initialized():
+            self._started = connect_ray(ray, self.address, num_cpus=self.num_cpus)
+
+    def close(self) -> None:
+        if self._started:
+            import_ray().shutdown()
+            self._started = False
 
     def run(self, plan: RunPlan, jobs: Sequence[Job], deliver: Deliver) -> dict[str, float]:
         if not jobs:
             return {"inputs_s": 0.0}
         ray = import_ray()
-        started = connect_ray(ray, self.address, num_cpus=self.num_cpus)
+        started_here = not ray.is_initialized()
+        self.connect()
         try:
             return self._run(ray, plan, jobs, deliver)
         finally:
-            if started:
-                ray.shutdown()
+            if started_here:
+                self.close()
 
     def _run(self, ray, plan: RunPlan, jobs: Sequence[Job], deliver: Deliver) -> dict[str, float]:
         from ray import cloudpickle
@@ -243,8 +258,11 @@ def connect_ray(ray, address: str | None, *, num_cpus: int | None = None) -> boo
 
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
                               "log_to_driver": True}
-    if address is None and not os.environ.get("RAY_ADDRESS"):
+    given = address or os.environ.get("RAY_ADDRESS")
+    if given is None:
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+    elif given not in ("auto", "local"):
+        _check_reachable(given)     # Ray itself keeps retrying an unreachable address for minutes
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -252,6 +270,24 @@ def connect_ray(ray, address: str | None, *, num_cpus: int | None = None) -> boo
         raise HarnessError(f"cannot start or reach a Ray cluster at {address or 'a new local one'}"
                            f": {first}") from None
     return True
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A one-line error unless something listens at ``[ray://]host:port``."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise HarnessError(f"--address {address!r}: expected 'auto', HOST:PORT or "
+                           f"ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)),
+                                 timeout=timeout).close()
+    except OSError as exc:
+        raise HarnessError(f"no Ray cluster at {address!r}: {exc.strerror or exc} (start one "
+                           f"with 'ray start --head', or drop --address for a local one)"
+                           ) from None
 
 
 def _portable(module, cuda: bool):
