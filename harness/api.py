@@ -24,6 +24,8 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 250,
     name: str | None = None,
+    executor: str = "local",
+    address: str | None = None,
     **options,
 ):
     """Evaluate ``model`` on ``suite`` and return its per-example results.
@@ -40,6 +42,10 @@ def evaluate(
         seed: run seed.
         batch_size: evaluation batch size.
         name: label of the model in the store (default: its class name).
+        executor: ``"local"`` (this process) or ``"ray"`` (a Ray task per shard; the records
+            are the same).
+        address: for ``executor="ray"``: an existing cluster (``"auto"``, ``"HOST:PORT"``);
+            default: the Ray already initialised in this process, else a local one.
         **options: the suite's options (``harness run --suite S --help`` lists them), e.g. for
             ``cifar10c``: ``corruptions="fog,snow"``, ``severities="3-5"``,
             ``source="released" | "generated" | "auto"``.
@@ -53,13 +59,14 @@ def evaluate(
         HarnessError: unknown suite or option, bad data directory, n out of range.
     """
     # Lazy: `import harness` stays cheap (no torch) until evaluate() is called.
-    from harness.executor import execute
+    from harness.executor import execute, make_executor
     from harness.plan import plan_run
     from harness.resolve import wrap_module
     from harness.store import Store
 
+    runner = make_executor(executor, address=address)
     plan = plan_run(suite=suite, models=[wrap_module(model, name=name)], data_dir=data_dir,
                     n=n, seed=seed, device=device, batch_size=batch_size, options=options)
     with Store(":memory:" if store is None else store) as st:
-        (outcome,) = execute(plan, st)
+        (outcome,) = execute(plan, st, executor=runner)
         return st.to_frame([outcome.run_id])
