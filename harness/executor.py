@@ -163,7 +163,15 @@ class RayExecutor:
         # read-only views of its shared memory, which torch and the suites may write to.
         data_ref = ray.put(cloudpickle.dumps(plan.data))
         needed = sorted({job.model for job in jobs})
-        model_refs = {i: ray.put(_portable(plan.models[i].module, cuda)) for i in needed}
+        model_refs = {}
+        for i in needed:
+            try:
+                model_refs[i] = ray.put(_portable(plan.models[i].module, cuda))
+            except Exception as exc:     # pickling user code can fail in many ways
+                first = (str(exc).strip().splitlines() or [""])[0]
+                raise HarnessError(f"model {plan.models[i].name!r} cannot be sent to Ray "
+                                   f"workers ({type(exc).__name__}: {first}); run it with "
+                                   f"--executor local") from None
         by_shard: dict[str, list[Job]] = {}
         for job in jobs:
             by_shard.setdefault(job.shard.key, []).append(job)
