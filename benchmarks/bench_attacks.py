@@ -36,6 +36,7 @@ from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
+from _goals import goal
 
 from attacks import parse_eps, pgd
 from harness.data import load_sample
@@ -189,8 +190,17 @@ def main() -> None:
     limit = t["raw loop (fwd + bwd + sign step)"] / t["native PGD (no early stop)"]
     print(f"native PGD-10 (no early stop) vs raw loop: {limit:.2f} (native / raw throughput, "
           f"goal >= 0.9): {verdict(limit >= 0.9)}")
+    setting = f"{args.model}, n {len(x)}, eps {eps * 255:.3g}/255"
+    goal("native vs torchattacks PGD-10 throughput", ratio, ">=", 1.2, note=setting)
+    goal("native vs torchattacks PGD-10 robust accuracy |diff|", gap, "<=", 0.5, unit="pp",
+         note=setting)
+    goal("native (early stop off) vs torchattacks PGD-10 throughput",
+         t["torchattacks PGD"] / t["native PGD (no early stop)"], "info",
+         note="the part of the gain that is not early stop")
+    goal("native PGD-10 (no early stop) / raw loop throughput", limit, ">=", 0.9,
+         note="the harness's own overhead")
 
-    for label, e, goal in (("low", args.low_eps, 2.0), ("high", args.high_eps, None)):
+    for label, e, target in (("low", args.low_eps, 2.0), ("high", args.high_eps, None)):
         te, oe = interleaved({"es": lambda e=e: native(True, e),
                               "none": lambda e=e: native(False, e)}, args.repeats)
         same = all(torch.equal(getattr(oe["es"], f), getattr(oe["none"], f))
@@ -199,9 +209,17 @@ def main() -> None:
         line = (f"early stop vs none at eps {e * 255:.3g}/255 ({label} robust accuracy "
                 f"{100 * oe['es'].robust_accuracy:.1f} %): {te['es']:.2f} s vs {te['none']:.2f} s,"
                 f" {speedup:.2f}x, same outcomes: {same}")
-        if goal is not None:
-            line += f" (goal >= {goal:.0f}x): {verdict(speedup >= goal and same)}"
+        if target is not None:
+            line += f" (goal >= {target:.0f}x): {verdict(speedup >= target and same)}"
         print(line)
+        where = f"eps {e * 255:.3g}/255, robust accuracy {100 * oe['es'].robust_accuracy:.1f} %"
+        if target is not None:
+            goal(f"early stop vs none, {label} eps: speed-up", speedup, ">=", target, note=where)
+            goal(f"early stop vs none, {label} eps: same outcomes", same, "==", True, unit="",
+                 note=where)
+        else:
+            goal(f"early stop vs none, {label} eps: speed-up", speedup, "info",
+                 note=f"{where}, the unflattering case; same outcomes: {same}")
 
     print("\nwhere one native call's time goes (no early stop / early stop, eps "
           f"{eps * 255:.3g}/255):")

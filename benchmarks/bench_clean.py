@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from _goals import goal
 
 from harness.data import load_cifar10_arrays
 from harness.executor import execute
@@ -112,6 +113,9 @@ def main() -> None:
     # of a shared VM that dominate the spread of either side alone.
     paired = statistics.median(r / h for r, h in zip(raw_t, har_t))
     print(f"ratio harness/raw (median of {args.rounds} paired rounds): {paired:.3f}  (goal >= 0.95)")
+    goal("clean throughput harness / raw loop", paired, ">=", 0.95,
+         note=f"{data.source}, {n} images, batch {args.batch_size}, median of {args.rounds} "
+              f"paired rounds, torch threads {torch.get_num_threads()}")
 
 
 if __name__ == "__main__":

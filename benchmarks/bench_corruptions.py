@@ -39,6 +39,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "reference"))
 
+from _goals import goal  # noqa: E402
+
 from harness.corruptions import CORRUPTIONS, corrupt, list_corruptions  # noqa: E402
 from harness.data import load_sample  # noqa: E402
 
@@ -109,12 +111,12 @@ def main() -> None:
         return r / h
 
     total = overall("total", names)
-    glassless = None
+    glassless = without_slowest = None
     if "glass_blur" in names and len(names) > 1:
         glassless = overall("without glass_blur", [n for n in names if n != "glass_blur"])
     slowest = max(names, key=harness.get)
-    if slowest != "glass_blur" or glassless is None:
-        overall(f"without {slowest}", [n for n in names if n != slowest])
+    if (slowest != "glass_blur" or glassless is None) and len(names) > 1:
+        without_slowest = overall(f"without {slowest}", [n for n in names if n != slowest])
     ordered = sorted(ratios.values())
     print(f"per-corruption ratios: min {ordered[0]:.1f}x ({min(ratios, key=ratios.get)}), median "
           f"{ordered[len(ordered) // 2]:.1f}x, max {ordered[-1]:.1f}x ({max(ratios, key=ratios.get)}); "
@@ -129,6 +131,20 @@ def main() -> None:
         share = reference["glass_blur"] / sum(reference.values())
         print(f"ratio without glass_blur: {glassless:.1f}x "
               f"(glass_blur is {100 * share:.0f} % of the reference time)")
+    busy = max(p1, p2) > 1.3 * min(p1, p2)
+    goal("corruptions reference / harness", total, ">=", 10,
+         note=f"{len(images)} images x {len(names)} corruptions x 5 severities, device "
+              f"{args.device}" + ("; harness passes differ > 30 %: busy machine" if busy else ""))
+    if glassless is not None:
+        goal("corruptions reference / harness without glass_blur", glassless, "info",
+             note=f"glass_blur is {100 * share:.0f} % of the reference time")
+    if without_slowest is not None:
+        goal(f"corruptions reference / harness without {slowest}", without_slowest, "info",
+             note="the harness's own slowest corruption left out")
+    goal("corruptions per-corruption ratio, median", ordered[len(ordered) // 2], "info",
+         note=f"min {ordered[0]:.1f}x ({min(ratios, key=ratios.get)}), max {ordered[-1]:.1f}x "
+              f"({max(ratios, key=ratios.get)}); {sum(r >= 10 for r in ordered)} of "
+              f"{len(ordered)} at >= 10x")
 
 if __name__ == "__main__":
     main()

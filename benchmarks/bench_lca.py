@@ -44,6 +44,7 @@ import argparse
 import time
 
 import torch
+from _goals import goal
 
 import models
 from harness.data import load_sample
@@ -158,6 +159,16 @@ def main() -> None:
             print(f"[5 % target] wall time: WARP-LCA-{k_warp} {ms['warp', k_warp]:.1f} ms/batch, "
                   f"cold LCA-{k_cold} {ms['cold', k_cold]:.1f} ms/batch -> "
                   f"{wall['cold', k_cold] / wall['warp', k_warp]:.2f}x")
+        setting = f"{len(x)} images, LCA-{args.cold_iterations} target {target:.2f}"
+        goal(f"WARP-LCA iterations to within 5 % of LCA-{args.cold_iterations}, {kind}", k_warp,
+             "<=", 20, unit="iterations",
+             note=f"{setting}; cold LCA {_after(k_cold, cold_curve)}"
+                  + ("" if k_warp is not None else f"; WARP-LCA {_after(k_warp, warp_curve)}")
+                  + ("; predictor trained on soft-threshold states" if kind == "hard" else ""))
+        if k_warp is not None and k_cold is not None:
+            goal(f"[5 % target] cold LCA / WARP-LCA wall time, {kind}",
+                 wall["cold", k_cold] / wall["warp", k_warp], "info",
+                 note=f"cold LCA-{k_cold} vs WARP-LCA-{k_warp}")
 
         print("[equal energy] cold LCA iterations to reach WARP-LCA-K's mean energy "
               "(ms/batch untraced; ratio = cold / WARP):")
@@ -177,6 +188,11 @@ def main() -> None:
                    else f"cold LCA not within {args.cold_iterations} iterations")
         print(f"[equal energy] at the model's K = {k_model}: WARP-LCA-{k_model} "
               f"{warp_curve[k_model].item():.2f} in {ms['warp', k_model]:.1f} ms/batch; {summary}")
+        goal(f"[equal energy] cold LCA / WARP-LCA-{k_model} wall time, {kind}",
+             None if m is None else wall["cold", m] / wall["warp", k_model], "info",
+             note=f"cold LCA-{m} reaches WARP-LCA-{k_model}'s energy "
+                  f"{warp_curve[k_model].item():.2f}" if m is not None
+             else f"cold LCA not within {args.cold_iterations} iterations")
 
         print(f"[equal iterations] {k_model} each: energy WARP-LCA {warp_curve[k_model].item():.2f} "
               f"vs cold LCA {cold_curve[k_model].item():.2f}; WARP-LCA-{k_model} "
@@ -190,6 +206,14 @@ def main() -> None:
               f"{warp_curve[k_model].item() / e_final:.3f}, cold LCA-{k_model} "
               f"{cold_curve[k_model].item() / e_final:.3f}, cold LCA-{cold_model} "
               f"{cold_curve[cold_model].item() / e_final:.3f}")
+        goal(f"[equal iterations] WARP-LCA-{k_model} / cold LCA-{k_model} wall time, {kind}",
+             wall["warp", k_model] / wall["cold", k_model], "info",
+             note=f"predictor overhead; energy {warp_curve[k_model].item():.2f} vs "
+                  f"{cold_curve[k_model].item():.2f}")
+        goal(f"[model settings] cold LCA-{cold_model} / WARP-LCA-{k_model} wall time, {kind}",
+             wall["cold", cold_model] / wall["warp", k_model], "info",
+             note=f"unequal iterations and energies: {cold_curve[cold_model].item() / e_final:.3f} "
+                  f"vs {warp_curve[k_model].item() / e_final:.3f} x LCA-{args.cold_iterations}")
 
 
 if __name__ == "__main__":
