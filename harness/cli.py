@@ -99,8 +99,10 @@ def build_parser(*, suite: str | None = None) -> argparse.ArgumentParser:
                      "'ray://HOST:10001'); default: start a local one for the run")
     _add_suite_options(run, suite)
 
-    ls = sub.add_parser("ls", help="list models, suites, stored runs or RobustBench models")
-    ls.add_argument("what", choices=("models", "suites", "attacks", "runs", "robustbench"))
+    ls = sub.add_parser("ls", help="list models, suites, attacks, executors, stored runs or "
+                        "RobustBench models")
+    ls.add_argument("what", choices=("models", "suites", "attacks", "executors", "runs",
+                                     "robustbench"))
     ls.add_argument("pattern", nargs="?", default="*", help="glob filter on names")
     ls.add_argument("--store", default=None, help=STORE_HELP)
 
@@ -365,14 +367,18 @@ def cmd_ls(args) -> int:
         for name in ATTACKS.names(args.pattern):
             table.add_row(name, ATTACKS.meta(name).get("description", ""))
         console.print(table)
-    elif args.what == "suites":
-        from harness.suites import SUITES
+    elif args.what in ("suites", "executors"):
+        if args.what == "suites":
+            from harness.suites import SUITES as registry
+        else:
+            from harness.executor import EXECUTORS as registry
 
-        table = Table(title="suites")
+        table = Table(title=args.what + (" (harness run --executor NAME)"
+                                         if args.what == "executors" else ""))
         table.add_column("name")
         table.add_column("description")
-        for name in SUITES.names(args.pattern):
-            table.add_row(name, SUITES.meta(name).get("description", ""))
+        for name in registry.names(args.pattern):
+            table.add_row(name, registry.meta(name).get("description", ""))
         console.print(table)
     else:
         import fnmatch

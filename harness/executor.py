@@ -78,6 +78,7 @@ class LocalExecutor:
             inputs = plan.suite.inputs(plan.data, shard, plan.ctx)
             prep += time.perf_counter() - t0
             for job in group:
+                torch.manual_seed(plan.seed)     # each evaluation starts from the same state
                 deliver(job, plan.suite.evaluate(plan.models[job.model].module, inputs, shard,
                                                  plan.ctx))
         return {"inputs_s": prep}
@@ -214,8 +215,9 @@ class RayExecutor:
                 except ray.exceptions.RayError as exc:
                     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                     raise HarnessError(f"Ray could not run {plan.models[job.model].name!r} on "
-                                       f"shard {job.shard.key} (after {self.max_retries} "
-                                       f"retries): {type(exc).__name__}: {first}") from None
+                                       f"shard {job.shard.key} (a task whose worker dies is "
+                                       f"retried {self.max_retries} times): "
+                                       f"{type(exc).__name__}: {first}") from None
                 deliver(job, result)
                 open_shards[job.shard.key] -= 1
                 if not open_shards[job.shard.key]:
@@ -324,6 +326,7 @@ def _evaluate_shard(suite, module, inputs: bytes, shard: Shard, ctx) -> ShardRes
     from ray import cloudpickle
 
     inputs = cloudpickle.loads(inputs)
+    torch.manual_seed(ctx.seed)                  # as LocalExecutor seeds every evaluation
     if ctx.device != "cpu":
         module = module.to(device=ctx.device, memory_format=torch.channels_last)
     return suite.evaluate(module, inputs, shard, ctx)
