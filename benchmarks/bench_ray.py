@@ -13,7 +13,9 @@ compared exactly; a difference is a failure: exit status 1), and prints:
 
 * the ratio ray / local of the wall times (goal <= 1.3: on a 2-core machine Ray cannot win,
   it can only cost; the goal bounds what it costs);
-* for the sceptic, Ray's own start-up cost, ``ray.init(num_cpus=<cores>, include_dashboard=False)``
+* for the sceptic, the local run once more on one torch thread (``OMP_NUM_THREADS=1``, as
+  Ray's tasks run) and Ray's ratio against that (info);
+* Ray's own start-up cost, ``ray.init(num_cpus=<cores>, include_dashboard=False)``
   + ``ray.shutdown()`` timed in a separate subprocess (``RAY_AUTH_MODE=disabled``, as the
   harness sets it; ``<cores>`` = os.cpu_count(), the size of the local cluster ``harness run``
   starts), and the ratio with that start-up subtracted from the Ray side (info).
@@ -84,10 +86,12 @@ def harness_command(executor: str, store: Path, args, with_flag: bool) -> list[s
     return cmd
 
 
-def timed_run(cmd: list[str], timeout: float | None) -> tuple[float, str]:
+def timed_run(cmd: list[str], timeout: float | None, env: dict | None = None
+              ) -> tuple[float, str]:
     """Wall seconds of ``cmd`` and its stdout; exits (status 1) when it fails."""
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                         env=env)
     wall = time.perf_counter() - t0
     if out.returncode != 0:
         print(f"command failed (exit status {out.returncode}): {' '.join(cmd)}")
@@ -153,6 +157,8 @@ def main() -> None:
                     help="the executor compared with local (local: a smoke check)")
     ap.add_argument("--address", default=None, help="--address passed to the Ray side")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per harness run")
+    ap.add_argument("--no-one-thread", action="store_true",
+                    help="skip the extra local run on one torch thread (OMP_NUM_THREADS=1)")
     args = ap.parse_args()
 
     with_flag = has_executor_flag()
@@ -180,6 +186,18 @@ def main() -> None:
                 times[side].append(wall)
                 frames.append((f"{side} (run {r + 1})", records(store)))
                 print(f"run {r + 1} {side:>5}: {wall:8.2f} s   {summary_line(stdout)}", flush=True)
+
+        # The sceptic's question: Ray's tasks run torch on one thread each (Ray sets
+        # OMP_NUM_THREADS=1), the local run on all cores. On a shared 2-core VM two torch
+        # threads can be much slower than one, so also time local on one thread.
+        one_thread = None
+        if args.against == "ray" and not args.no_one_thread:
+            store = Path(tmp) / "local-1-thread.sqlite"
+            wall, stdout = timed_run(harness_command("local", store, args, with_flag),
+                                     args.timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            one_thread = wall
+            frames.append(("local, 1 thread", records(store)))
+            print(f"local, 1 torch thread: {wall:8.2f} s   {summary_line(stdout)}", flush=True)
 
     ref_label, ref = frames[0]
     diffs = [(label, same_records(ref, df)) for label, df in frames[1:]]
@@ -215,6 +233,9 @@ def main() -> None:
     if args.against == "ray":
         goal("cifar10c wall time (ray - Ray start-up) / local", net, "info",
              note="the ratio without Ray's fixed start-up cost")
+    if one_thread is not None:
+        goal("cifar10c wall time ray / local with 1 torch thread", other / one_thread, "info",
+             note=f"local on one thread {one_thread:.1f} s (Ray's tasks get one thread each)")
     if not identical:
         sys.exit(1)
 

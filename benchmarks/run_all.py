@@ -29,10 +29,11 @@ benchmarks' docstrings and from timed runs of smaller sizes on that VM, 2026-12-
   CLEVER, which does not depend on n); CLEVER and the other estimators at the suite defaults,
   so the estimated suite totals keep their meaning; ~6 min.
 * ray: the main job (default models, default n = 500 per set, 15 x 5 sets) once through each
-  executor (``--repeats 1``: local, ray) and Ray's start-up; ~8 min (``--repeats 2``, ABBA,
-  would double it).
+  executor (``--repeats 1``: local, ray), once more locally on one torch thread (the sceptic's
+  comparison: Ray's tasks run on one thread each) and Ray's start-up; ~11 min (``--repeats
+  2``, ABBA, would add two runs).
 
-Total: about 25 minutes on a quiet 2-core VM; a busy one can take twice that (each timeout is
+Total: about 30 minutes on a quiet 2-core VM; a busy one can take twice that (each timeout is
 about three times its estimate). ``--quick`` runs tiny sizes, a smoke check that every
 benchmark runs and prints its GOAL lines (1 min 41 s on the VM at load average 2-3); its
 numbers are not measurements.
@@ -96,10 +97,10 @@ SIZES: dict[str, tuple[Size, Size]] = {
                         "the defaults (n 16, repeats 3) take ~9 min"),
                   Size(("--models", "resnet8", "resnet8-gelu", "--n", "2", "--repeats", "1"), 300,
                        "smoke (2 models)")),
-    "ray": (Size(("--repeats", "1"), 2400, "the main job (default models, n 500 per set, "
-                  "15 x 5 sets), once per executor"),
-            Size(("--n", "50", "--corruptions", "fog", "--severities", "1"), 300,
-                 "smoke (one set of 50 images)")),
+    "ray": (Size(("--repeats", "1"), 3000, "the main job (default models, n 500 per set, "
+                  "15 x 5 sets), once per executor and once more locally on one torch thread"),
+            Size(("--n", "50", "--corruptions", "fog", "--severities", "1", "--no-one-thread"),
+                 300, "smoke (one set of 50 images)")),
 }
 UNKNOWN = (Size((), 1800, "not in run_all's size table: its defaults"),
            Size((), 600, "not in run_all's size table: its defaults"))
