@@ -153,26 +153,24 @@ class RayExecutor:
             if name.startswith("_harness_user_"):
                 cloudpickle.register_pickle_by_value(module)
         cuda = str(plan.ctx.device).startswith("cuda")
-        options = {"num_cpus": self.cpus_per_task, "max_retries": self.max_retries}
-        # A task's GPU is the only one it sees (CUDA_VISIBLE_DEVICES): "cuda:1" becomes "cuda".
+        options: dict[str, Any] = {"num_cpus": self.cpus_per_task,
+                                   "max_retries": self.max_retries}
+        if cuda:
+            # Both kinds of task use the device (suites may prepare inputs on it, as the local
+            # executor does); a task sees only its own GPU, so "cuda:1" becomes "cuda". Ray
+            # would start a fresh worker for every GPU task (max_calls=1): keep them.
+            options.update(num_gpus=self.gpus_per_task, max_calls=0)
         ctx = dataclasses.replace(plan.ctx, device="cuda") if cuda else plan.ctx
         prepare = ray.remote(num_returns=2, **options)(_prepare_inputs)
-        evaluate = ray.remote(**options, **({"num_gpus": self.gpus_per_task} if cuda else {}))(
-            _evaluate_shard)
-        suite_ref, ctx_ref = ray.put(plan.suite), ray.put(ctx)
+        evaluate = ray.remote(**options)(_evaluate_shard)
+        suite_ref = _put(ray, plan.suite, f"suite {plan.suite.name!r}")
+        ctx_ref = ray.put(ctx)
         # Data and inputs travel as pickled bytes: Ray would hand numpy arrays to a task as
         # read-only views of its shared memory, which torch and the suites may write to.
-        data_ref = ray.put(cloudpickle.dumps(plan.data))
-        needed = sorted({job.model for job in jobs})
-        model_refs = {}
-        for i in needed:
-            try:
-                model_refs[i] = ray.put(_portable(plan.models[i].module, cuda))
-            except Exception as exc:     # pickling user code can fail in many ways
-                first = (str(exc).strip().splitlines() or [""])[0]
-                raise HarnessError(f"model {plan.models[i].name!r} cannot be sent to Ray "
-                                   f"workers ({type(exc).__name__}: {first}); run it with "
-                                   f"--executor local") from None
+        data_ref = _put(ray, plan.data, f"data {plan.data_name!r}", pickled=True)
+        model_refs = {i: _put(ray, _portable(plan.models[i].module, cuda),
+                              f"model {plan.models[i].name!r}")
+                      for i in sorted({job.model for job in jobs})}
         by_shard: dict[str, list[Job]] = {}
         for job in jobs:
             by_shard.setdefault(job.shard.key, []).append(job)
@@ -199,25 +197,31 @@ class RayExecutor:
                 # inputs_ref goes out of scope here: Ray frees the inputs once the last task
                 # that takes them has finished.
 
+        def fetch(ref, job: Job):
+            try:
+                return ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, BaseException):
+                    raise cause from None
+                raise
+            except ray.exceptions.RayError as exc:
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise HarnessError(f"Ray could not run {plan.models[job.model].name!r} on "
+                                   f"shard {job.shard.key} (a task whose worker dies is "
+                                   f"retried {self.max_retries} times): "
+                                   f"{type(exc).__name__}: {first}") from None
+
         submit_more()
         try:
             while pending:
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
                 job = pending.pop(ref)
                 try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:
-                    cause = exc.cause if isinstance(getattr(exc, "cause", None),
-                                                    BaseException) else None
-                    if cause is not None:
-                        raise cause from None
+                    result = fetch(ref, job)
+                except BaseException:
+                    self._salvage(ray, pending, deliver)
                     raise
-                except ray.exceptions.RayError as exc:
-                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                    raise HarnessError(f"Ray could not run {plan.models[job.model].name!r} on "
-                                       f"shard {job.shard.key} (a task whose worker dies is "
-                                       f"retried {self.max_retries} times): "
-                                       f"{type(exc).__name__}: {first}") from None
                 deliver(job, result)
                 open_shards[job.shard.key] -= 1
                 if not open_shards[job.shard.key]:
@@ -227,6 +231,19 @@ class RayExecutor:
             for ref in pending:
                 ray.cancel(ref, force=False)
         return {"inputs_s": float(sum(ray.get(prep_refs)))}
+
+    @staticmethod
+    def _salvage(ray, pending: dict, deliver: Deliver) -> None:
+        """A task failed: store the shards other tasks have already finished (so a rerun does
+        not recompute them) before the run stops; anything else is cancelled by the caller."""
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+        for ref in ready:
+            job = pending.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayError:
+                continue
+            deliver(job, result)
 
 
 def make_executor(name: str = "local", *, address: str | None = None) -> Executor:
@@ -250,7 +267,6 @@ def make_executor(name: str = "local", *, address: str | None = None) -> Executo
 
 def import_ray():
     """Ray, or a one-line error saying how to install it."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # no ~/.ray/auth_token on a laptop
     try:
         import ray
     except ImportError:
@@ -269,9 +285,14 @@ def connect_ray(ray, address: str | None, *, num_cpus: int | None = None) -> boo
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
                               "log_to_driver": True}
     given = address or os.environ.get("RAY_ADDRESS")
-    if given is None:
-        kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
-    elif given not in ("auto", "local"):
+    if given is None or given == "local":
+        # A cluster of our own, even when `ray start` left one running (Ray would join that
+        # one, and refuse num_cpus); its CPUs: what Ray counts (container limits included).
+        address = "local"
+        if num_cpus is not None:
+            kwargs["num_cpus"] = num_cpus
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")   # no ~/.ray/auth_token written
+    elif given != "auto":
         _check_reachable(given)     # Ray itself keeps retrying an unreachable address for minutes
     try:
         ray.init(address=address, **kwargs)
@@ -280,6 +301,19 @@ def connect_ray(ray, address: str | None, *, num_cpus: int | None = None) -> boo
         raise HarnessError(f"cannot start or reach a Ray cluster at {address or 'a new local one'}"
                            f": {first}") from None
     return True
+
+
+def _put(ray, obj, what: str, *, pickled: bool = False):
+    """``ray.put`` (of ``obj``'s cloudpickle bytes when ``pickled``), or a one-line error when
+    ``obj`` cannot be pickled (user code can fail to in many ways)."""
+    from ray import cloudpickle
+
+    try:
+        return ray.put(cloudpickle.dumps(obj) if pickled else obj)
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise HarnessError(f"{what} cannot be sent to Ray workers ({type(exc).__name__}: "
+                           f"{first}); run it with --executor local") from None
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:

@@ -246,10 +246,16 @@ class Store:
                                f"{exc}") from None
 
     def _check_and_init(self, readonly: bool) -> None:
-        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
-        tables = {r[0] for r in self._conn.execute(
-            "SELECT name FROM sqlite_master WHERE type='table'")}
+        # One read transaction: another process may be initialising the file right now, and
+        # three separate reads could see the version before and the tables after its commit.
+        self._conn.execute("BEGIN")
+        try:
+            version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+            app_id = self._conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = {r[0] for r in self._conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            self._conn.execute("COMMIT")
         fresh = version == 0 and app_id == 0 and not tables
         needed = _V1_TABLES if version == 1 else _TABLES
         if not fresh and (app_id != APPLICATION_ID or not needed <= tables):
@@ -301,8 +307,8 @@ class Store:
         self.close()
 
     def _tx(self):
-        """One write transaction. A write that fails (disk full, read-only file or folder,
-        I/O error, a lock held past the timeout) is rolled back whole and raised as
+        """One write transaction. A write that fails (disk full, read-only file, I/O error, a
+        lock held past the timeout: SQLite's OperationalError) is rolled back whole and raised as
         :class:`StoreWriteError`; what was committed before it stays as it was."""
         conn, store = self._conn, self
 
@@ -311,7 +317,7 @@ class Store:
                 store._check_still_writable()
                 try:
                     conn.execute("BEGIN IMMEDIATE")
-                except sqlite3.DatabaseError as exc:
+                except sqlite3.OperationalError as exc:
                     raise store._write_error(exc) from None
 
             def __exit__(self_inner, exc_type, exc, tb):
@@ -319,16 +325,16 @@ class Store:
                     try:
                         conn.execute("COMMIT")
                         return False
-                    except sqlite3.DatabaseError as failed:
+                    except sqlite3.OperationalError as failed:
                         exc = failed
                 if conn.in_transaction:      # SQLite may already have rolled back (SQLITE_FULL)
                     try:
                         conn.execute("ROLLBACK")
                     except sqlite3.DatabaseError:
                         pass
-                if isinstance(exc, sqlite3.DatabaseError):
+                if isinstance(exc, sqlite3.OperationalError):   # full, I/O, read-only, busy
                     raise store._write_error(exc) from None
-                return False
+                return False                  # anything else (a bug) propagates as it is
 
         return _Tx()
 

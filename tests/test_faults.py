@@ -177,6 +177,13 @@ def test_two_drivers_on_one_store_both_finish_without_lost_or_duplicated_records
                                                                                  reference):
     store = tmp_path / "s.sqlite"
     first, second = harness(store), harness(store)
+    # Overlap, not taken for granted: both drivers had opened their session (each does so
+    # before computing anything) while the shards were not all stored yet.
+    deadline = time.monotonic() + 120
+    while not store.exists() or _sessions(store) < 2:
+        assert time.monotonic() < deadline and (first.poll() is None or second.poll() is None)
+        time.sleep(0.005)
+    assert stored_shards(store) < TOTAL_SHARDS, "the second driver began after the first ended"
     (rc1, out1, err1), (rc2, out2, err2) = finish(first), finish(second)
     assert (rc1, rc2) == (0, 0), (err1, err2)
     rows = assert_intact(store)
@@ -189,6 +196,13 @@ def test_two_drivers_on_one_store_both_finish_without_lost_or_duplicated_records
     numbers = [line.split("│")[1:4] for out in (out1, out2) for line in out.splitlines()
                if line.startswith("│ resnet8")]
     assert numbers[0] == numbers[1]
+
+
+def _sessions(store: Path) -> int:
+    try:
+        return query(store, "SELECT COUNT(*) FROM sessions")[0][0]
+    except sqlite3.OperationalError:       # not initialised yet
+        return 0
 
 
 def _one_line_store_error(err: str) -> None:

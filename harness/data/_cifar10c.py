@@ -60,6 +60,11 @@ class ReleasedC:
                                "(expected the test labels repeated 5 times)")
         self.labels = blocks[0].astype(np.int64)
 
+    def __getstate__(self) -> dict:
+        # The opened files are memory maps; pickled, each would become a 150 MB copy. A copy
+        # of this reader (e.g. in a Ray worker) reopens them from ``root`` when it needs them.
+        return {**self.__dict__, "_arrays": {}}
+
     def present(self) -> list[str]:
         return sorted(p.stem for p in self.root.glob("*.npy"))
 
