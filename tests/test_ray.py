@@ -14,6 +14,7 @@ start here); the CLI error tests at the top start nothing.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -85,7 +86,8 @@ def test_make_executor_passes_the_address_and_starts_nothing():
 @pytest.fixture(scope="module")
 def ray_cluster():
     """One local 2-CPU cluster for the module; RayExecutor uses it and leaves it running."""
-    ray = import_ray()                         # sets RAY_AUTH_MODE=disabled
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")    # as a local cluster of the CLI's
+    ray = import_ray()
     ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
     yield ray
     ray.shutdown()
@@ -170,6 +172,33 @@ def test_ray_stores_exactly_what_the_local_executor_stores(ray_cluster, name):
     df = got[0]
     assert not df.duplicated(KEY).any()
     assert df.groupby("run_id")["shard_key"].nunique().tolist() == [shards] * len(plan.models)
+    assert_same_records(got, local_records(**kwargs))
+
+
+@pytest.mark.slow
+def test_released_cifar10c_files_travel_as_paths_and_give_the_local_records(
+        ray_cluster, tmp_path_factory, cifar_dir):
+    """The released source reads memory-mapped 150 MB files: the plan's data must pickle
+    without them (each worker reopens the files), and the records must be the local ones."""
+    from ray import cloudpickle
+    from test_cifar10c import _write_released
+
+    from harness.data import load_cifar10_arrays
+
+    root = tmp_path_factory.mktemp("released")
+    os.symlink(cifar_dir / "cifar-10-batches-py", root / "cifar-10-batches-py")
+    _write_released(root, load_cifar10_arrays("test", data_dir=cifar_dir), ["fog"], n=40)
+    kwargs = dict(suite="cifar10c", models=["resnet8"], data_dir=root, n=40, shard_size=20,
+                  options={"corruptions": "fog", "source": "released"})
+    plan = plan_run(**kwargs)
+    assert plan.params["source"] == "released"
+    # one released file alone is 153,600,000 bytes of images
+    assert len(cloudpickle.dumps(plan.data)) < 2_000_000
+    with Store(":memory:") as st:
+        (outcome,), stored = run(plan, st, RayExecutor())
+        assert outcome.shards_computed == len(plan.shards) == 12     # (clean + 5) x 2
+        got = records(st)
+    assert set(got[0]["source"]) == {"released", "clean"}
     assert_same_records(got, local_records(**kwargs))
 
 
