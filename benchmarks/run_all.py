@@ -28,10 +28,9 @@ benchmarks' docstrings and from timed runs of smaller sizes on that VM, 2026-12-
 * lipschitz: ``--n 8 --repeats 2`` instead of n 16, repeats 3 (lca-resnet8 alone is ~3 min of
   CLEVER, which does not depend on n); CLEVER and the other estimators at the suite defaults,
   so the estimated suite totals keep their meaning; ~6 min.
-* ray: the main job (default models, default n = 500 per set, 15 x 5 sets) once through each
-  executor (``--repeats 1``: local, ray), once more locally on one torch thread (the sceptic's
-  comparison: Ray's tasks run on one thread each) and Ray's start-up; ~11 min (``--repeats
-  2``, ABBA, would add two runs).
+* ray: the main job's default models and 15 x 5 sets at ``--n 200`` (the main job's 500 would
+  take 20 minutes at six runs), ``--repeats 2``: local, ray and local on one torch thread,
+  twice each in ABBA order after an untimed warm-up, and Ray's start-up; ~10 min.
 
 Total: about 30 minutes on a quiet 2-core VM; a busy one can take twice that (each timeout is
 about three times its estimate). ``--quick`` runs tiny sizes, a smoke check that every
@@ -97,8 +96,9 @@ SIZES: dict[str, tuple[Size, Size]] = {
                         "the defaults (n 16, repeats 3) take ~9 min"),
                   Size(("--models", "resnet8", "resnet8-gelu", "--n", "2", "--repeats", "1"), 300,
                        "smoke (2 models)")),
-    "ray": (Size(("--repeats", "1"), 3000, "the main job (default models, n 500 per set, "
-                  "15 x 5 sets), once per executor and once more locally on one torch thread"),
+    "ray": (Size(("--n", "200", "--repeats", "2"), 3000,
+                 "the main job's models and 15 x 5 sets at n 200; local, ray and local on one "
+                 "torch thread, twice each (ABBA), after a warm-up"),
             Size(("--n", "50", "--corruptions", "fog", "--severities", "1", "--no-one-thread"),
                  300, "smoke (one set of 50 images)")),
 }
