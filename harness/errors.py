@@ -10,3 +10,9 @@ from __future__ import annotations
 
 class HarnessError(Exception):
     """A user error: unknown name, bad path, malformed file, invalid option."""
+
+
+def first_line(exc: BaseException, default: str = "") -> str:
+    """The first line of ``exc``'s message (``default`` when it has none): what a one-line
+    error quotes of a foreign exception."""
+    return (str(exc).strip().splitlines() or [default])[0]

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import torch
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.plan import RunPlan
 from harness.provenance import provenance
 from harness.records import RunSpec, Shard, ShardResult
@@ -67,21 +67,39 @@ class LocalExecutor:
     seed) and evaluated by every model that still needs that shard."""
 
     def run(self, plan: RunPlan, jobs: Sequence[Job], deliver: Deliver) -> dict[str, float]:
-        by_shard: dict[str, list[Job]] = {}
-        for job in jobs:
-            by_shard.setdefault(job.shard.key, []).append(job)
         prep = 0.0
-        for group in by_shard.values():
+        for group in by_shard(jobs):
             shard = group[0].shard
-            torch.manual_seed(plan.seed)
-            t0 = time.perf_counter()
-            inputs = plan.suite.inputs(plan.data, shard, plan.ctx)
-            prep += time.perf_counter() - t0
+            inputs, seconds = prepare_inputs(plan.suite, plan.data, shard, plan.ctx)
+            prep += seconds
             for job in group:
-                torch.manual_seed(plan.seed)     # each evaluation starts from the same state
-                deliver(job, plan.suite.evaluate(plan.models[job.model].module, inputs, shard,
-                                                 plan.ctx))
+                deliver(job, evaluate_shard(plan.suite, plan.models[job.model].module, inputs,
+                                            shard, plan.ctx))
         return {"inputs_s": prep}
+
+
+def by_shard(jobs: Sequence[Job]) -> list[list[Job]]:
+    """``jobs`` grouped by shard, in order: a shard's inputs are prepared once per group."""
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.shard.key, []).append(job)
+    return list(groups.values())
+
+
+def prepare_inputs(suite, data, shard: Shard, ctx) -> tuple[Any, float]:
+    """A shard's inputs and the seconds they took; torch is seeded with the run seed first, so
+    every executor prepares the same inputs."""
+    torch.manual_seed(ctx.seed)
+    t0 = time.perf_counter()
+    inputs = suite.inputs(data, shard, ctx)
+    return inputs, time.perf_counter() - t0
+
+
+def evaluate_shard(suite, module, inputs, shard: Shard, ctx) -> ShardResult:
+    """One model on one shard; every evaluation starts from the run seed, so the numbers depend
+    neither on the executor nor on the order of the jobs."""
+    torch.manual_seed(ctx.seed)
+    return suite.evaluate(module, inputs, shard, ctx)
 
 
 @EXECUTORS.register("ray", description="Ray tasks, one per (model, shard), on a local or "
@@ -161,8 +179,8 @@ class RayExecutor:
             # would start a fresh worker for every GPU task (max_calls=1): keep them.
             options.update(num_gpus=self.gpus_per_task, max_calls=0)
         ctx = dataclasses.replace(plan.ctx, device="cuda") if cuda else plan.ctx
-        prepare = ray.remote(num_returns=2, **options)(_prepare_inputs)
-        evaluate = ray.remote(**options)(_evaluate_shard)
+        prepare = ray.remote(num_returns=2, **options)(_remote_prepare)
+        evaluate = ray.remote(**options)(_remote_evaluate)
         suite_ref = _put(ray, plan.suite, f"suite {plan.suite.name!r}")
         ctx_ref = ray.put(ctx)
         # Data and inputs travel as pickled bytes: Ray would hand numpy arrays to a task as
@@ -171,10 +189,7 @@ class RayExecutor:
         model_refs = {i: _put(ray, _portable(plan.models[i].module, cuda),
                               f"model {plan.models[i].name!r}")
                       for i in sorted({job.model for job in jobs})}
-        by_shard: dict[str, list[Job]] = {}
-        for job in jobs:
-            by_shard.setdefault(job.shard.key, []).append(job)
-        groups = list(by_shard.values())
+        groups = by_shard(jobs)
         limit = self.max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
         pending: dict[Any, Job] = {}
         open_shards: dict[str, int] = {}           # shard key -> jobs not yet delivered
@@ -206,11 +221,10 @@ class RayExecutor:
                     raise cause from None
                 raise
             except ray.exceptions.RayError as exc:
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise HarnessError(f"Ray could not run {plan.models[job.model].name!r} on "
                                    f"shard {job.shard.key} (a task whose worker dies is "
-                                   f"retried {self.max_retries} times): "
-                                   f"{type(exc).__name__}: {first}") from None
+                                   f"retried {self.max_retries} times): {type(exc).__name__}: "
+                                   f"{first_line(exc, type(exc).__name__)}") from None
 
         submit_more()
         try:
@@ -297,9 +311,8 @@ def connect_ray(ray, address: str | None, *, num_cpus: int | None = None) -> boo
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise HarnessError(f"cannot start or reach a Ray cluster at {address or 'a new local one'}"
-                           f": {first}") from None
+                           f": {first_line(exc, type(exc).__name__)}") from None
     return True
 
 
@@ -311,9 +324,8 @@ def _put(ray, obj, what: str, *, pickled: bool = False):
     try:
         return ray.put(cloudpickle.dumps(obj) if pickled else obj)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0]
         raise HarnessError(f"{what} cannot be sent to Ray workers ({type(exc).__name__}: "
-                           f"{first}); run it with --executor local") from None
+                           f"{first_line(exc)}); run it with --executor local") from None
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
@@ -344,26 +356,21 @@ def _portable(module, cuda: bool):
     return copy.deepcopy(module).to("cpu")
 
 
-def _prepare_inputs(suite, data: bytes, shard: Shard, ctx) -> tuple[bytes, float]:
-    """A Ray task: the shard's inputs (pickled), seeded as :class:`LocalExecutor` seeds them."""
+def _remote_prepare(suite, data: bytes, shard: Shard, ctx) -> tuple[bytes, float]:
+    """A Ray task: :func:`prepare_inputs`, data in and inputs out as pickled bytes."""
     from ray import cloudpickle
 
-    torch.manual_seed(ctx.seed)
-    t0 = time.perf_counter()
-    inputs = suite.inputs(cloudpickle.loads(data), shard, ctx)
-    seconds = time.perf_counter() - t0
+    inputs, seconds = prepare_inputs(suite, cloudpickle.loads(data), shard, ctx)
     return cloudpickle.dumps(inputs), seconds
 
 
-def _evaluate_shard(suite, module, inputs: bytes, shard: Shard, ctx) -> ShardResult:
-    """A Ray task: one model on one shard."""
+def _remote_evaluate(suite, module, inputs: bytes, shard: Shard, ctx) -> ShardResult:
+    """A Ray task: :func:`evaluate_shard` on the GPU Ray gave it (``ctx.device``) or the CPU."""
     from ray import cloudpickle
 
-    inputs = cloudpickle.loads(inputs)
-    torch.manual_seed(ctx.seed)                  # as LocalExecutor seeds every evaluation
     if ctx.device != "cpu":
         module = module.to(device=ctx.device, memory_format=torch.channels_last)
-    return suite.evaluate(module, inputs, shard, ctx)
+    return evaluate_shard(suite, module, cloudpickle.loads(inputs), shard, ctx)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, first_line
 from harness.provenance import check_device, check_dtype
 from harness.records import RunSpec, Shard
 from harness.resolve import LoadedModel, default_models, resolve_model
@@ -151,9 +151,8 @@ def _probe(module, name: str, data, *, device: str, dtype) -> None:
         with torch.inference_mode():
             out = module(x.contiguous(memory_format=torch.channels_last))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise HarnessError(f"model {name!r} failed on a {tuple(x.shape)} batch in [0, 1]: "
-                           f"{type(exc).__name__}: {first}") from None
+                           f"{type(exc).__name__}: {first_line(exc)}") from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != k or out.shape[1] < 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise HarnessError(f"model {name!r} must return logits of shape (N, classes); got {shape}")

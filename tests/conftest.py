@@ -107,6 +107,15 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None,
                           text=True, cwd=cwd, env=full_env, timeout=timeout)
 
 
+def store_records(store):
+    """A store's per-example records and metric records (pandas), in a fixed order: what two
+    stores of the same spec must agree on, bit for bit, whoever computed them."""
+    df = store.to_frame().sort_values(["run_id", "shard_key", "example"])
+    m = store.metrics_frame().sort_values(["run_id", "shard_key", "name", "scope", "index"],
+                                          key=lambda c: c.astype(str))
+    return df.reset_index(drop=True), m.reset_index(drop=True)
+
+
 def run_suites(*, models, store, force: bool = False, **plan_kwargs):
     """Plan and execute a run into ``store``, as the CLI does (``harness.plan.plan_run`` +
     ``harness.executor.execute``); returns the outcomes."""

@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from conftest import store_records
 from harness.store import Store
 
 pytestmark = pytest.mark.slow
@@ -92,9 +93,7 @@ def shard_rows(store: Path) -> dict[str, tuple]:
 
 def records(store: Path):
     with Store(store, readonly=True) as st:
-        frame = st.to_frame().sort_values(["run_id", "shard_key", "example"])
-        metrics = st.metrics_frame()
-    return frame.reset_index(drop=True), metrics.reset_index(drop=True)
+        return store_records(st)
 
 
 def assert_same_records(store: Path, reference: Path) -> None:

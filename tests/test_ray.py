@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, store_records
 from harness.cli import main
 from harness.errors import HarnessError
 from harness.executor import LocalExecutor, RayExecutor, execute, import_ray, make_executor
@@ -94,7 +94,6 @@ def ray_cluster():
 
 
 KEY = ["run_id", "shard_key", "example"]
-METRIC_KEY = ["run_id", "shard_key", "name", "scope", "index"]
 # Metric records that are wall-clock times (pgd's per path, lipschitz's per estimator): they
 # differ between any two runs, so only their presence is compared.
 TIMINGS = {"seconds"}
@@ -102,9 +101,7 @@ TIMINGS = {"seconds"}
 
 def records(store: Store) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(per-example frame, metrics frame), in a fixed order; timing values blanked."""
-    df = store.to_frame().sort_values(KEY).reset_index(drop=True)
-    m = store.metrics_frame()
-    m = m.sort_values(METRIC_KEY, key=lambda c: c.astype(str)).reset_index(drop=True)
+    df, m = store_records(store)
     timing = m["name"].isin(TIMINGS)
     assert m.loc[timing, "value"].ge(0).all()
     m.loc[timing, "value"] = -1.0
